@@ -1,0 +1,28 @@
+"""A self-hosted LLM chat bot for Discord, Slack and the console.
+
+Public names only; importing the package has no side effects (no torch, no .env).
+"""
+
+from bot.config import Settings
+from bot.core import ConversationCore
+from bot.errors import BotError, BusyError, ConfigError, GenerationError, UserError
+from bot.history import HistoryStore
+from bot.types import ChannelKey, IncomingMessage, Reply, Turn
+from bot.worker import GenerationHandle, ModelWorker
+
+__all__ = [
+    "BotError",
+    "BusyError",
+    "ChannelKey",
+    "ConfigError",
+    "ConversationCore",
+    "GenerationError",
+    "GenerationHandle",
+    "HistoryStore",
+    "IncomingMessage",
+    "ModelWorker",
+    "Reply",
+    "Settings",
+    "Turn",
+    "UserError",
+]

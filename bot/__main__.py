@@ -1,0 +1,70 @@
+"""`python -m bot`: read `.env` once, validate settings, run the bot.
+
+With no platform token configured it opens the console chat; `python -m bot console` always
+does. A bad setting stops start-up with one line naming the variable, exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from dotenv import load_dotenv
+
+from bot.app import hf_backend_factory, run_console
+from bot.config import Settings
+from bot.errors import ConfigError, ModelLoadError
+from bot.model_source import resolve_model
+
+EXIT_CONFIG = 2
+EXIT_MODEL = 3
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bot", description=__doc__)
+    parser.add_argument("mode", nargs="?", choices=["run", "console"], default="run",
+                        help="run: the configured platforms (console if none); "
+                             "console: chat in this terminal")
+    parser.add_argument("--channel", default="local",
+                        help="console channel name; each keeps its own history")
+    parser.add_argument("--env-file", default=".env", help="settings file (default: .env)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    load_dotenv(args.env_file, override=False)
+    try:
+        settings = Settings.from_env(os.environ)
+        source = resolve_model(settings.model)
+    except ConfigError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+    if args.mode == "run" and settings.platforms:
+        print(f"Configured platforms {settings.platforms} are not available in this version; "
+              "starting the console.", file=sys.stderr)
+    elif args.mode == "run":
+        print("No DISCORD_TOKEN or SLACK_BOT_TOKEN is set, so the bot runs as a console chat. "
+              "Add a token to .env (see .env.example) to connect it to Discord or Slack.",
+              file=sys.stderr)
+    try:
+        asyncio.run(run_console(settings, hf_backend_factory(settings, source),
+                                channel=args.channel))
+    except ModelLoadError as exc:
+        print(f"Could not load the model: {exc}", file=sys.stderr)
+        return EXIT_MODEL
+    except KeyboardInterrupt:
+        print("", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Adapters translate platform events into `IncomingMessage` and send `Reply` objects back."""

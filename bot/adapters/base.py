@@ -1,0 +1,92 @@
+"""What every adapter shares: the `Adapter` protocol, message splitting and edit throttling."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from bot.types import Reply
+
+_FENCE = re.compile(r"^\s*(```+)([\w+-]*)", re.MULTILINE)
+
+
+class Adapter(Protocol):
+    """A chat platform, as `__main__` drives it."""
+
+    platform: str
+
+    async def start(self) -> None:
+        """Connect and serve until `stop()` or the connection ends for good."""
+        ...
+
+    async def stop(self) -> None: ...
+
+    async def send(self, reply: Reply) -> None: ...
+
+
+def split_text(text: str, limit: int) -> list[str]:
+    """Split `text` into parts of at most `limit` characters, at natural boundaries.
+
+    Prefers a paragraph break, then a line break, then a sentence end, then a space. A code
+    block that spans a cut is closed at the end of one part and reopened (with its language)
+    at the start of the next, so each part renders on its own. Apart from those added fences,
+    joining the parts gives back `text` exactly.
+    """
+    if limit < 32:
+        raise ValueError("limit must be at least 32 characters")
+    parts: list[str] = []
+    rest = text
+    reopen = ""  # the fence line that reopens a code block cut at the previous part's end
+    while rest:
+        room = limit - len(reopen)
+        if len(rest) <= room:
+            parts.append(reopen + rest)
+            break
+        cut = _cut_point(rest, room - 4)  # leave room for a closing "\n```"
+        chunk = reopen + rest[:cut]
+        fence = _open_fence(chunk)
+        if fence:
+            chunk += "\n```" if not chunk.endswith("\n") else "```"
+        parts.append(chunk)
+        rest = rest[cut:]
+        reopen = f"{fence}\n" if fence else ""
+    return parts
+
+
+def _cut_point(text: str, room: int) -> int:
+    """Index to cut `text` at, within `room` characters, at the best boundary found."""
+    window = text[:room]
+    floor = room // 2
+    for pattern in ("\n\n", "\n", ". ", "! ", "? ", " "):
+        index = window.rfind(pattern)
+        if index >= floor:
+            return index + len(pattern)
+    return room
+
+
+def _open_fence(chunk: str) -> str:
+    """The opening fence (with language) of a code block left open in `chunk`, or ''."""
+    opening = ""
+    for match in _FENCE.finditer(chunk):
+        opening = "" if opening else match.group(1) + match.group(2)
+    return opening
+
+
+class EditThrottle:
+    """Lets a streaming reply be edited at most once per `interval` seconds."""
+
+    def __init__(self, interval: float = 1.0, clock: Callable[[], float] = time.monotonic,
+                 ) -> None:
+        self.interval = interval
+        self._clock = clock
+        self._last = float("-inf")
+
+    def ready(self) -> bool:
+        """True (and the clock restarts) when enough time passed since the last edit."""
+        now = self._clock()
+        if now - self._last >= self.interval:
+            self._last = now
+            return True
+        return False

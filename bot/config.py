@@ -1,0 +1,193 @@
+"""Settings, read once from the environment (and `.env`, loaded by `__main__`).
+
+This is the only module that looks at environment variables. Every variable is documented
+with its default in `.env.example`; a malformed value raises `ConfigError`, which `__main__`
+prints as one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import TypeVar
+
+from bot.errors import ConfigError
+
+T = TypeVar("T")
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are {bot_name}, a helpful assistant in a group chat. "
+    "Answer the latest message briefly and accurately. "
+    "Messages from people start with their name."
+)
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+DEVICES = ("auto", "cpu", "cuda")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the bot can be configured with; defaults suit a small CPU server."""
+
+    model: str = "bundled"
+    model_dtype: str = "auto"
+    device: str = "auto"
+    model_cache_dir: Path = Path("data/models")
+    context_tokens: int = 2048
+    max_new_tokens: int = 256
+    temperature: float = 0.2
+    top_p: float = 0.9
+    max_queue: int = 16
+    generation_timeout: float = 300.0
+    bot_name: str = "Assistant"
+    system_prompt: str = DEFAULT_SYSTEM_PROMPT
+    max_input_chars: int = 16_000
+    summary_default_messages: int = 50
+    history_db: Path = Path("data/history.sqlite3")
+    history_max_messages: int = 200
+    log_level: str = "INFO"
+    discord_token: str | None = None
+    discord_guild_id: str | None = None
+    allowed_channels: frozenset[str] = frozenset()
+    slack_bot_token: str | None = None
+    slack_app_token: str | None = None
+    slack_signing_secret: str | None = None
+    port: int = 3000
+
+    @property
+    def system_prompt_text(self) -> str:
+        """The system prompt with ``{bot_name}`` filled in."""
+        return self.system_prompt.replace("{bot_name}", self.bot_name)
+
+    @property
+    def platforms(self) -> list[str]:
+        """Chat platforms that have a token configured, in start order."""
+        found = []
+        if self.discord_token:
+            found.append("discord")
+        if self.slack_bot_token:
+            found.append("slack")
+        return found
+
+    def __repr__(self) -> str:
+        """Never print secrets, even in a debug log."""
+        shown = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith(("_token", "_secret")) and value:
+                value = "***"
+            shown.append(f"{f.name}={value!r}")
+        return f"Settings({', '.join(shown)})"
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Build settings from a mapping of environment variables.
+
+        Raises:
+            ConfigError: naming the first variable whose value is malformed.
+        """
+        reader = _Reader(env)
+        d = cls()
+        temperature = reader.number("TEMPERATURE", float, d.temperature, low=0.0, high=5.0)
+        return cls(
+            model=reader.text("MODEL", d.model),
+            model_dtype=reader.choice("MODEL_DTYPE", DTYPES, d.model_dtype),
+            device=reader.choice("DEVICE", DEVICES, d.device),
+            model_cache_dir=Path(reader.text("MODEL_CACHE_DIR", str(d.model_cache_dir))),
+            context_tokens=reader.number("CONTEXT_TOKENS", int, d.context_tokens, low=256),
+            max_new_tokens=reader.number("MAX_NEW_TOKENS", int, d.max_new_tokens, low=1,
+                                         high=8192),
+            temperature=temperature,
+            top_p=reader.number("TOP_P", float, d.top_p, low=0.01, high=1.0),
+            max_queue=reader.number("MAX_QUEUE", int, d.max_queue, low=1, high=10_000),
+            generation_timeout=reader.number("GENERATION_TIMEOUT", float,
+                                             d.generation_timeout, low=1.0),
+            bot_name=reader.text("BOT_NAME", d.bot_name),
+            system_prompt=reader.text("SYSTEM_PROMPT", d.system_prompt),
+            max_input_chars=reader.number("MAX_INPUT_CHARS", int, d.max_input_chars, low=100),
+            summary_default_messages=reader.number("SUMMARY_DEFAULT_MESSAGES", int,
+                                                   d.summary_default_messages, low=1,
+                                                   high=500),
+            history_db=Path(reader.text("HISTORY_DB", str(d.history_db))),
+            history_max_messages=reader.number("HISTORY_MAX_MESSAGES", int,
+                                               d.history_max_messages, low=2),
+            log_level=reader.choice("LOG_LEVEL", LOG_LEVELS, d.log_level, upper=True),
+            discord_token=reader.optional("DISCORD_TOKEN"),
+            discord_guild_id=reader.snowflake("DISCORD_GUILD_ID"),
+            allowed_channels=reader.id_list("ALLOWED_CHANNELS"),
+            slack_bot_token=reader.optional("SLACK_BOT_TOKEN"),
+            slack_app_token=reader.optional("SLACK_APP_TOKEN"),
+            slack_signing_secret=reader.optional("SLACK_SIGNING_SECRET"),
+            port=reader.number("PORT", int, d.port, low=1, high=65535),
+        )
+
+
+class _Reader:
+    """Parses one variable at a time, so each error names its variable."""
+
+    def __init__(self, env: Mapping[str, str]) -> None:
+        self._env = env
+
+    def _raw(self, name: str) -> str | None:
+        value = self._env.get(name)
+        if value is None or value.strip() == "":
+            return None
+        return value.strip()
+
+    def text(self, name: str, default: str) -> str:
+        return self._raw(name) or default
+
+    def optional(self, name: str) -> str | None:
+        return self._raw(name)
+
+    def snowflake(self, name: str) -> str | None:
+        raw = self._raw(name)
+        if raw is not None and not raw.isdigit():
+            raise ConfigError(name, "a numeric Discord ID", raw)
+        return raw
+
+    def id_list(self, name: str) -> frozenset[str]:
+        raw = self._raw(name)
+        if raw is None:
+            return frozenset()
+        return frozenset(part.strip() for part in raw.split(",") if part.strip())
+
+    def choice(self, name: str, allowed: tuple[str, ...], default: str,
+               *, upper: bool = False) -> str:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        value = raw.upper() if upper else raw.lower()
+        if value not in allowed:
+            raise ConfigError(name, f"one of {', '.join(allowed)}", raw)
+        return value
+
+    def number(self, name: str, kind: Callable[[str], T], default: T, *,
+               low: float | None = None, high: float | None = None) -> T:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        noun = "a whole number" if kind is int else "a number"
+        bounds = _describe_bounds(low, high)
+        try:
+            value = kind(raw)
+        except ValueError:
+            raise ConfigError(name, f"{noun}{bounds}", raw) from None
+        numeric = float(value)  # type: ignore[arg-type]
+        if numeric != numeric or (low is not None and numeric < low) or (
+                high is not None and numeric > high):
+            raise ConfigError(name, f"{noun}{bounds}", raw)
+        return value
+
+
+def _describe_bounds(low: float | None, high: float | None) -> str:
+    def fmt(x: float) -> str:
+        return f"{x:g}"
+    if low is not None and high is not None:
+        return f" between {fmt(low)} and {fmt(high)}"
+    if low is not None:
+        return f" of at least {fmt(low)}"
+    if high is not None:
+        return f" of at most {fmt(high)}"
+    return ""

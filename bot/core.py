@@ -1,0 +1,185 @@
+"""The conversation core: decides whether and how to answer, and keeps history in order.
+
+It never imports discord, slack_bolt or torch. Adapters call `handle()` with an
+`IncomingMessage` and send the `Reply` it returns; while the model works, `on_progress`
+receives the reply so far, so each adapter can stream it its own way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections import defaultdict
+from collections.abc import Callable
+
+from bot.commands import (
+    COMMANDS,
+    CommandContext,
+    ProgressCallback,
+    TranscriptFetcher,
+)
+from bot.config import Settings
+from bot.errors import GenerationError, UserError
+from bot.generation import GenerationRequest, SamplingParams
+from bot.history import HistoryStore
+from bot.prompting import build_chat_prompt
+from bot.summarize import summarize_lines
+from bot.types import ChannelKey, IncomingMessage, Prompt, Reply, Turn
+from bot.worker import GenerationHandle, GenerationService
+
+log = logging.getLogger(__name__)
+
+APOLOGY = "Sorry, something went wrong while I was answering. Please try again."
+EMPTY_PROMPT_HINT = "Hi! Ask me something, or type /help to see what I can do."
+TIMEOUT_MARK = "\n\n_(cut off: the answer took too long)_"
+SHUTDOWN_MARK = "\n\n_(cut off: the bot is restarting)_"
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+
+
+def clean_text(text: str) -> str:
+    """Drop control and invisible formatting characters; keep newlines, tabs and emoji."""
+    return _CONTROL.sub("", text.replace("\r\n", "\n")).strip()
+
+
+class ConversationCore:
+    """Routes messages to commands or the model, and records the conversation.
+
+    Args:
+        worker: generates text (`ModelWorker` or anything with the same surface).
+        history: where each channel's turns are kept.
+        settings: prompt, sampling and limits.
+        clock: monotonic seconds, injectable for uptime tests.
+    """
+
+    def __init__(self, *, worker: GenerationService, history: HistoryStore, settings: Settings,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.worker = worker
+        self.history = history
+        self.settings = settings
+        self._clock = clock
+        self._started = clock()
+        self._locks: defaultdict[ChannelKey, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.sampling = SamplingParams(max_new_tokens=settings.max_new_tokens,
+                                       temperature=settings.temperature, top_p=settings.top_p)
+
+    async def handle(self, msg: IncomingMessage, *, on_progress: ProgressCallback | None = None,
+                     fetch_transcript: TranscriptFetcher | None = None) -> Reply | None:
+        """Answer `msg`, or record it as context and return None when not addressed.
+
+        Never raises for a user's input: user errors come back as their message, anything
+        unexpected is logged with its traceback and answered with a short apology.
+        """
+        text = clean_text(msg.text)
+        try:
+            if not msg.addressed:
+                if text and not text.startswith("/"):
+                    await self.history.add(msg.key, Turn("user", msg.author_name,
+                                                         text[: self.settings.max_input_chars]),
+                                           message_id=msg.message_id)
+                return None
+            command, args = self._parse_command(msg, text)
+            if command is None:
+                answer = await self.chat(msg, text, on_progress=on_progress)
+            else:
+                entry = COMMANDS.get(command)
+                if entry is None:
+                    raise UserError(f"I don't know the command /{command}. Try /help.")
+                ctx = CommandContext(self, msg, args, on_progress, fetch_transcript)
+                answer = await entry.handler(ctx)
+        except UserError as exc:
+            answer = str(exc)
+        except GenerationError:
+            log.warning("generation failed for %s", msg.key, exc_info=True)
+            answer = APOLOGY
+        except Exception:
+            log.exception("unexpected error while handling a message in %s", msg.key)
+            answer = APOLOGY
+        return Reply(msg.key, answer, reply_to=msg.message_id)
+
+    @staticmethod
+    def _parse_command(msg: IncomingMessage, text: str) -> tuple[str | None, str]:
+        if msg.command:
+            return msg.command.lower().lstrip("/"), clean_text(msg.args)
+        if text.startswith("/") and len(text) > 1:
+            name, _, args = text[1:].partition(" ")
+            return name.lower(), args.strip()
+        return None, text
+
+    async def chat(self, msg: IncomingMessage, text: str, *,
+                   on_progress: ProgressCallback | None = None) -> str:
+        """Answer `text` from `msg`'s author with the channel's history as context."""
+        text = clean_text(text)
+        if not text:
+            return EMPTY_PROMPT_HINT
+        limit = self.settings.max_input_chars
+        if len(text) > limit:
+            raise UserError(f"That message is too long for me ({len(text):,} characters); "
+                            f"please keep it under {limit:,}.")
+        async with self._locks[msg.key]:
+            turns = await self.history.recent(msg.key)
+            user_turn = Turn("user", msg.author_name, text)
+            prompt = await asyncio.to_thread(
+                build_chat_prompt, self.worker.token_counter,
+                system=self.settings.system_prompt_text, history=turns, message=user_turn,
+                context_tokens=self.worker.info.context_tokens,
+                reply_tokens=self.sampling.max_new_tokens)
+            handle = self.worker.submit(GenerationRequest(prompt, self.sampling))
+            await self.history.add(msg.key, user_turn, message_id=msg.message_id)
+            answer = await self._stream(handle, on_progress)
+            await self.history.add(msg.key, Turn("assistant", self.settings.bot_name, answer))
+            return answer
+
+    async def _stream(self, handle: GenerationHandle,
+                      on_progress: ProgressCallback | None) -> str:
+        so_far = ""
+        async for piece in handle:
+            so_far += piece
+            if on_progress is not None and so_far.strip():
+                await on_progress(so_far)
+        completion = await handle.result()
+        text = completion.text.strip() or "(I had nothing to say to that.)"
+        if completion.stop_reason == "timeout":
+            text += TIMEOUT_MARK
+        elif completion.stop_reason == "shutdown":
+            text += SHUTDOWN_MARK
+        return text
+
+    async def complete(self, prompt: Prompt) -> str:
+        """Run one prompt through the model without touching history."""
+        handle = self.worker.submit(GenerationRequest(prompt, self.sampling))
+        return (await handle.result()).text.strip()
+
+    async def summarize(self, key: ChannelKey, count: int, *,
+                        fetch_transcript: TranscriptFetcher | None = None) -> str:
+        """Summarise the last `count` messages, read from the platform when it can."""
+        if fetch_transcript is not None:
+            turns = await fetch_transcript(count)
+        else:
+            turns = await self.history.recent(key, count)
+        lines = [f"{t.author}: {clean_text(t.text)}" for t in turns[-count:] if t.text.strip()]
+        if not lines:
+            raise UserError("There is nothing to summarise here yet.")
+        summary = await summarize_lines(
+            lines, complete=self.complete, counter=self.worker.token_counter,
+            context_tokens=self.worker.info.context_tokens,
+            reply_tokens=self.sampling.max_new_tokens)
+        noun = "message" if len(lines) == 1 else "messages"
+        return f"Summary of the last {len(lines)} {noun}:\n{summary}"
+
+    async def status_text(self) -> str:
+        info = self.worker.info
+        stats = await self.history.stats()
+        uptime = int(self._clock() - self._started)
+        hours, rest = divmod(uptime, 3600)
+        minutes, seconds = divmod(rest, 60)
+        return "\n".join([
+            f"Model: {info.name} on {info.device} ({info.dtype}), "
+            f"context {info.context_tokens} tokens, replies up to "
+            f"{self.sampling.max_new_tokens} tokens",
+            f"Queue: {self.worker.queue_depth} request(s) in progress or waiting "
+            f"(limit {self.settings.max_queue})",
+            f"History: {stats.turns} messages in {stats.channels} conversation(s)",
+            f"Uptime: {hours}h {minutes:02d}m {seconds:02d}s",
+        ])

@@ -1,0 +1,81 @@
+"""The contract between the model worker and whatever actually generates text.
+
+A `Backend` is built on the worker thread and only ever called from it, so it may hold a
+model that is not thread-safe. `HFBackend` (in `bot.hf_backend`) runs a transformers model
+in-process; a remote inference server (vLLM, TGI) would implement the same three methods, and
+the core would not notice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.types import Prompt
+
+
+@dataclass(frozen=True, slots=True)
+class SamplingParams:
+    """How to sample one reply. ``temperature == 0`` means greedy decoding."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.2
+    top_p: float = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationRequest:
+    """One prompt to complete; the prompt is already trimmed to fit the context window."""
+
+    prompt: Prompt
+    sampling: SamplingParams
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What `/status` shows and what the prompt builder needs to know."""
+
+    name: str
+    device: str
+    dtype: str
+    context_tokens: int
+
+
+class TokenCounter(Protocol):
+    """Exact token arithmetic for prompt building, usable off the worker thread."""
+
+    def count_prompt(self, prompt: Prompt) -> int:
+        """Tokens of the prompt as the model will see it, generation header included."""
+        ...
+
+    def count_text(self, text: str) -> int:
+        """Tokens of a bare piece of text."""
+        ...
+
+    def truncate_text(self, text: str, max_tokens: int) -> str:
+        """The longest prefix of `text` that is at most `max_tokens` tokens."""
+        ...
+
+
+class Backend(Protocol):
+    """Generates text; lives on, and is only called from, the worker thread."""
+
+    info: ModelInfo
+
+    def token_counter(self) -> TokenCounter:
+        """A counter that the event-loop side may use from another thread."""
+        ...
+
+    def generate(self, request: GenerationRequest, emit: Callable[[str], None],
+                 should_stop: Callable[[], bool]) -> str:
+        """Complete the prompt, calling `emit` with each new piece of text.
+
+        Returns the whole reply. Stops early, returning what it has, once `should_stop()`
+        is true. Raises on model errors; the worker fails only this request.
+        """
+        ...
+
+    def close(self) -> None:
+        """Release the model (called on the worker thread at shutdown)."""
+        ...

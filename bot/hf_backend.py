@@ -1,0 +1,204 @@
+"""The in-process transformers backend: loads the model and generates on the worker thread.
+
+Importing this module imports torch, so only the worker thread's factory (and tests) do.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import re
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from transformers import (
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TextStreamer,
+)
+
+from bot.generation import GenerationRequest, ModelInfo
+from bot.model_cache import load_pretrained
+from bot.model_source import ModelSource
+from bot.types import Prompt
+
+log = logging.getLogger(__name__)
+
+_NEXT_SPEAKER = re.compile(r"\n[^\n:]{1,40}:")
+
+
+class PromptRenderer:
+    """Renders chat messages to token ids: the chat template, or a plain transcript.
+
+    Models without a chat template (GPT-2-style base models) get ``Name: text`` lines ending
+    in ``{bot_name}:``, and their reply is cut where they start writing another speaker's line.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, bot_name: str) -> None:
+        self.tokenizer = tokenizer
+        self.bot_name = bot_name
+        self.uses_template = bool(getattr(tokenizer, "chat_template", None))
+
+    def render(self, prompt: Prompt) -> str:
+        if self.uses_template:
+            text = self.tokenizer.apply_chat_template(prompt, tokenize=False,
+                                                      add_generation_prompt=True)
+            return str(text)
+        lines = []
+        for message in prompt:
+            if message["role"] == "system":
+                lines.append(message["content"] + "\n")
+            elif message["role"] == "assistant":
+                lines.append(f"{self.bot_name}: {message['content']}")
+            else:
+                lines.append(message["content"])
+        return "\n".join(lines) + f"\n{self.bot_name}:"
+
+    def encode(self, prompt: Prompt) -> list[int]:
+        ids = self.tokenizer(self.render(prompt), add_special_tokens=not self.uses_template)
+        return list(ids["input_ids"])
+
+    def clean_reply(self, text: str) -> str:
+        if not self.uses_template:
+            match = _NEXT_SPEAKER.search(text)
+            if match:
+                text = text[: match.start()]
+        return text.strip()
+
+
+class HFTokenCounter:
+    """Exact token counts on a private copy of the tokenizer, safe to call from any thread."""
+
+    def __init__(self, renderer: PromptRenderer) -> None:
+        tokenizer = copy.deepcopy(renderer.tokenizer)
+        self._renderer = PromptRenderer(tokenizer, renderer.bot_name)
+        self._lock = threading.Lock()
+
+    def count_prompt(self, prompt: Prompt) -> int:
+        with self._lock:
+            return len(self._renderer.encode(prompt))
+
+    def count_text(self, text: str) -> int:
+        with self._lock:
+            return len(self._renderer.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def truncate_text(self, text: str, max_tokens: int) -> str:
+        with self._lock:
+            tokenizer = self._renderer.tokenizer
+            encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+            offsets = encoded["offset_mapping"]
+            if len(offsets) <= max_tokens:
+                return text
+            if max_tokens <= 0:
+                return ""
+            return text[: offsets[max_tokens - 1][1]]
+
+
+class _PieceStreamer(TextStreamer):
+    """Forwards decoded text to the worker's `emit` instead of printing it."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, emit: Callable[[str], None]) -> None:
+        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
+        self._emit = emit
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self._emit(text)
+
+
+class _StopWhen(StoppingCriteria):
+    """Stops generation between tokens when the worker says so (cancel, timeout, shutdown)."""
+
+    def __init__(self, should_stop: Callable[[], bool]) -> None:
+        self._should_stop = should_stop
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor,
+                 **kwargs: Any) -> torch.BoolTensor:
+        stop = self._should_stop()
+        return torch.full((input_ids.shape[0],), stop, dtype=torch.bool,  # type: ignore[return-value]
+                          device=input_ids.device)
+
+
+class HFBackend:
+    """A transformers causal LM, on CUDA when available, else on the CPU."""
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
+                 name: str, bot_name: str, context_tokens: int) -> None:
+        model.eval()  # type: ignore[no-untyped-call]
+        self.model = model
+        self.tokenizer = tokenizer
+        self.renderer = PromptRenderer(tokenizer, bot_name)
+        limit = getattr(model.config, "max_position_embeddings", None) or context_tokens
+        self.info = ModelInfo(name=name, device=str(model.device),
+                              dtype=str(model.dtype).removeprefix("torch."),
+                              context_tokens=min(context_tokens, int(limit)))
+        self._pad_id = tokenizer.pad_token_id
+        if self._pad_id is None:
+            self._pad_id = tokenizer.eos_token_id
+
+    def token_counter(self) -> HFTokenCounter:
+        return HFTokenCounter(self.renderer)
+
+    def generate(self, request: GenerationRequest, emit: Callable[[str], None],
+                 should_stop: Callable[[], bool]) -> str:
+        ids = self.renderer.encode(request.prompt)
+        input_ids = torch.tensor([ids], device=self.model.device)
+        sampling = request.sampling
+        options: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens,
+                                   "pad_token_id": self._pad_id}
+        if sampling.temperature > 0:
+            options.update(do_sample=True, temperature=sampling.temperature,
+                           top_p=sampling.top_p)
+        else:
+            options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        with torch.inference_mode():
+            output = self.model.generate(  # type: ignore[operator]
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                streamer=_PieceStreamer(self.tokenizer, emit),
+                stopping_criteria=StoppingCriteriaList([_StopWhen(should_stop)]),
+                **options,
+            )
+        new_tokens = output[0][len(ids):]
+        text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
+        return self.renderer.clean_reply(str(text))
+
+    def close(self) -> None:
+        del self.model
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def pick_device(setting: str) -> str:
+    """``auto`` means CUDA when a GPU is visible, else the CPU."""
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        log.warning("DEVICE=cuda but no CUDA GPU is visible; using the CPU")
+        return "cpu"
+    return setting
+
+
+def pick_dtype(setting: str, device: str) -> torch.dtype:
+    """``auto`` is fp32 on the CPU (fastest without bf16 instructions), bf16/fp16 on a GPU."""
+    if setting != "auto":
+        return {"float32": torch.float32, "float16": torch.float16,
+                "bfloat16": torch.bfloat16}[setting]
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_backend(source: ModelSource, *, device: str, dtype: str, cache_dir: str,
+                 bot_name: str, context_tokens: int) -> HFBackend:
+    """Load the model and tokenizer for `source` and wrap them in a backend."""
+    chosen_device = pick_device(device)
+    chosen_dtype = pick_dtype(dtype, chosen_device)
+    model, tokenizer = load_pretrained(source, dtype=chosen_dtype, cache_dir=cache_dir)
+    model.to(chosen_device)  # type: ignore[arg-type]
+    return HFBackend(model, tokenizer, name=source.display_name, bot_name=bot_name,
+                     context_tokens=context_tokens)

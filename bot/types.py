@@ -1,0 +1,77 @@
+"""The vocabulary that crosses the adapter/core boundary.
+
+Frozen dataclasses with no SDK types in them: adapters translate platform events into
+`IncomingMessage` and send `Reply` objects back; the core never sees a discord or slack object
+(`raw` is carried for the adapter's own use only and is never read by the core).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, TypeAlias
+
+Platform: TypeAlias = Literal["console", "discord", "slack"]
+Role: TypeAlias = Literal["user", "assistant"]
+ChatMessage: TypeAlias = dict[str, str]
+"""One chat-template message: ``{"role": "system" | "user" | "assistant", "content": "..."}``."""
+Prompt: TypeAlias = list[ChatMessage]
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelKey:
+    """Where a conversation lives: history, locks and settings are keyed by it."""
+
+    platform: Platform
+    channel_id: str
+    thread_id: str | None = None
+
+    def __str__(self) -> str:
+        thread = f"/{self.thread_id}" if self.thread_id else ""
+        return f"{self.platform}:{self.channel_id}{thread}"
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingMessage:
+    """A message or slash command, translated out of a platform event.
+
+    Attributes:
+        text: the message with the bot's mention stripped.
+        addressed: the bot was mentioned, DM'd or invoked by a slash command; unaddressed
+            messages are only recorded as channel context.
+        command: set by adapters for native slash commands (``"summarize"``); text commands
+            typed as ``/name args`` are parsed by the core.
+        is_admin: the platform says the author may manage this channel (checked by the
+            adapter against the platform's permissions, never taken from message text).
+        is_direct: a direct message, where the author owns the conversation.
+    """
+
+    key: ChannelKey
+    message_id: str
+    author_id: str
+    author_name: str
+    text: str
+    addressed: bool = True
+    command: str | None = None
+    args: str = ""
+    is_admin: bool = False
+    is_direct: bool = False
+    raw: object = field(default=None, repr=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the core wants said; the adapter decides how (split, edit, thread)."""
+
+    key: ChannelKey
+    text: str
+    reply_to: str | None = None
+    ephemeral: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One stored line of a channel's conversation."""
+
+    role: Role
+    author: str
+    text: str

@@ -1,0 +1,103 @@
+"""Settings parsing: defaults, valid values, and one-line errors that name the variable."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bot.config import Settings
+from bot.errors import ConfigError
+from bot.model_source import resolve_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_need_no_environment() -> None:
+    settings = Settings.from_env({})
+    assert settings.model == "bundled"
+    assert settings.max_new_tokens == 256
+    assert settings.platforms == []
+
+
+def test_values_are_parsed() -> None:
+    settings = Settings.from_env({"MAX_NEW_TOKENS": " 64 ", "TEMPERATURE": "0", "TOP_P": "0.5",
+                                  "MODEL_DTYPE": "Float16", "LOG_LEVEL": "debug",
+                                  "DISCORD_TOKEN": "abc", "HISTORY_DB": "/tmp/x.db"})
+    assert settings.max_new_tokens == 64
+    assert settings.temperature == 0.0
+    assert settings.top_p == 0.5
+    assert settings.model_dtype == "float16"
+    assert settings.log_level == "DEBUG"
+    assert settings.platforms == ["discord"]
+    assert str(settings.history_db) == "/tmp/x.db"
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("MAX_NEW_TOKENS", "abc", "a whole number between 1 and 8192"),
+    ("MAX_NEW_TOKENS", "0", "a whole number between 1 and 8192"),
+    ("TEMPERATURE", "hot", "a number between 0 and 5"),
+    ("TOP_P", "nan", "a number between 0.01 and 1"),
+    ("MAX_QUEUE", "-1", "a whole number between 1 and 10000"),
+    ("DEVICE", "tpu", "one of auto, cpu, cuda"),
+    ("CONTEXT_TOKENS", "12.5", "a whole number of at least 256"),
+])
+def test_bad_values_name_the_variable(name: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({name: value})
+    assert caught.value.variable == name
+    assert str(caught.value) == f"{name}: expected {expected} (got {value!r})"
+
+
+def test_secrets_are_not_shown_in_repr() -> None:
+    settings = Settings.from_env({"DISCORD_TOKEN": "very-secret", "SLACK_SIGNING_SECRET": "s3"})
+    assert "very-secret" not in repr(settings)
+    assert "s3'" not in repr(settings)
+
+
+def test_model_resolution(tmp_path: Path) -> None:
+    assert resolve_model("bundled").kind == "gguf"
+    assert resolve_model("HuggingFaceTB/SmolLM2-135M-Instruct").kind == "hub"
+    folder = tmp_path / "m"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    assert resolve_model(str(folder)).kind == "folder"
+    for missing in ("./nope", str(tmp_path / "model.gguf"), "/does/not/exist"):
+        with pytest.raises(ConfigError, match="MODEL: expected an existing"):
+            resolve_model(missing)
+    with pytest.raises(ConfigError, match="config.json"):
+        resolve_model(str(tmp_path))
+
+
+@pytest.mark.parametrize(("env", "variable"), [
+    ({"MAX_NEW_TOKENS": "abc"}, "MAX_NEW_TOKENS"),
+    ({"MODEL": "/no/such/model.gguf"}, "MODEL"),
+])
+def test_bad_setting_stops_start_up_with_one_line(env: dict[str, str], variable: str,
+                                                  tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "console", "--env-file", str(tmp_path / "none.env")],
+        input="hello\n", capture_output=True, text=True, cwd=ROOT, timeout=120,
+        env={**os.environ, **env})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"Configuration error: {variable}: expected")
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_env_example_documents_every_variable_and_parses() -> None:
+    from dotenv import dotenv_values
+
+    values = {k: v or "" for k, v in dotenv_values(ROOT / ".env.example").items()}
+    settings = Settings.from_env(values)
+    assert settings == Settings.from_env({})  # the documented values are the defaults
+    source = (ROOT / "bot" / "config.py").read_text()
+    import re
+
+    read = set(re.findall(r'reader\.\w+\("([A-Z_]+)"', source))
+    assert read == set(values), "every variable config.py reads is in .env.example"

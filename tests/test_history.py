@@ -1,0 +1,59 @@
+"""The SQLite history store: persistence, bounds, keys, reset."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+from bot.history import HistoryStore
+from bot.types import ChannelKey, Turn
+
+CHANNEL = ChannelKey("discord", "c1")
+THREAD = ChannelKey("discord", "c1", "t1")
+
+
+async def test_turns_survive_reopening(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "h.sqlite3"
+    async with HistoryStore(path) as store:
+        await store.add(CHANNEL, Turn("user", "ada", "hello"), message_id="m1")
+        await store.add(CHANNEL, Turn("assistant", "Bot", "hi ada"))
+    async with HistoryStore(path) as store:
+        assert await store.recent(CHANNEL) == [Turn("user", "ada", "hello"),
+                                               Turn("assistant", "Bot", "hi ada")]
+    mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+async def test_channels_and_threads_are_separate(history: HistoryStore) -> None:
+    await history.add(CHANNEL, Turn("user", "a", "in channel"))
+    await history.add(THREAD, Turn("user", "b", "in thread"))
+    await history.add(ChannelKey("slack", "c1"), Turn("user", "c", "on slack"))
+    assert [t.text for t in await history.recent(CHANNEL)] == ["in channel"]
+    assert [t.text for t in await history.recent(THREAD)] == ["in thread"]
+    stats = await history.stats()
+    assert (stats.channels, stats.turns) == (3, 3)
+
+
+async def test_each_channel_is_bounded(tmp_path: Path) -> None:
+    async with HistoryStore(tmp_path / "h.db", max_per_channel=5) as store:
+        for i in range(12):
+            await store.add(CHANNEL, Turn("user", "a", f"m{i}"))
+        await store.add(THREAD, Turn("user", "a", "other"))
+        assert [t.text for t in await store.recent(CHANNEL)] == [f"m{i}" for i in range(7, 12)]
+        assert [t.text for t in await store.recent(CHANNEL, 2)] == ["m10", "m11"]
+        assert len(await store.recent(THREAD)) == 1
+
+
+async def test_reset_forgets_one_channel(history: HistoryStore) -> None:
+    await history.add(CHANNEL, Turn("user", "a", "x"))
+    await history.add(CHANNEL, Turn("user", "a", "y"))
+    await history.add(THREAD, Turn("user", "a", "z"))
+    assert await history.reset(CHANNEL) == 2
+    assert await history.recent(CHANNEL) == []
+    assert len(await history.recent(THREAD)) == 1
+
+
+async def test_text_is_stored_exactly(history: HistoryStore) -> None:
+    odd = "emoji 🦉, quotes '\" ; DROP TABLE turns; --\n\ttabs and ünïcödé"
+    await history.add(CHANNEL, Turn("user", "Robert'); --", odd))
+    assert await history.recent(CHANNEL) == [Turn("user", "Robert'); --", odd)]

@@ -1,0 +1,86 @@
+"""Prompt building by exact token counts, on the tiny model's real tokenizer."""
+
+from __future__ import annotations
+
+import pytest
+
+from bot.hf_backend import HFTokenCounter, PromptRenderer
+from bot.prompting import TRUNCATION_MARK, build_chat_prompt, chunk_lines, to_messages
+from bot.types import Turn
+from tests.tiny_model import build_tokenizer
+
+
+@pytest.fixture(scope="module")
+def counter() -> HFTokenCounter:
+    return HFTokenCounter(PromptRenderer(build_tokenizer(), "Bot"))
+
+
+def history(n: int) -> list[Turn]:
+    turns = []
+    for i in range(n):
+        turns.append(Turn("user", "alice", f"question number {i} about the weather"))
+        turns.append(Turn("assistant", "Bot", f"answer number {i}: it is sunny"))
+    return turns
+
+
+def test_everything_fits_when_there_is_room(counter: HFTokenCounter) -> None:
+    turns = history(3)
+    prompt = build_chat_prompt(counter, system="Be brief.", history=turns,
+                               message=Turn("user", "bob", "and tomorrow?"),
+                               context_tokens=1000, reply_tokens=100)
+    assert prompt == to_messages("Be brief.", [*turns, Turn("user", "bob", "and tomorrow?")])
+    assert prompt[1]["content"] == "alice: question number 0 about the weather"
+    assert prompt[-1] == {"role": "user", "content": "bob: and tomorrow?"}
+
+
+@pytest.mark.parametrize("context", [200, 300, 450, 700])
+def test_oldest_turns_are_dropped_to_fit_exactly(counter: HFTokenCounter, context: int) -> None:
+    turns = history(20)
+    prompt = build_chat_prompt(counter, system="Be brief.", history=turns,
+                               message=Turn("user", "bob", "and tomorrow?"),
+                               context_tokens=context, reply_tokens=50)
+    assert counter.count_prompt(prompt) <= context - 50
+    assert prompt[-1]["content"] == "bob: and tomorrow?"
+    assert prompt[-2]["content"] == "answer number 19: it is sunny"  # newest kept
+    kept = len(prompt) - 2
+    assert 0 < kept < 40
+    # nothing more would have fitted: one more exchange goes over the budget
+    bigger = to_messages("Be brief.", [*turns[-kept - 2:], Turn("user", "bob", "and tomorrow?")])
+    assert counter.count_prompt(bigger) > context - 50
+
+
+def test_an_oversized_message_is_cut_not_sent_whole(counter: HFTokenCounter) -> None:
+    huge = "the weather is sunny and warm " * 2000
+    prompt = build_chat_prompt(counter, system="Be brief.", history=history(5),
+                               message=Turn("user", "bob", huge),
+                               context_tokens=300, reply_tokens=50)
+    assert counter.count_prompt(prompt) <= 250
+    assert len(prompt) == 2  # no room left for history
+    content = prompt[-1]["content"]
+    assert content.startswith("bob: the weather is sunny")
+    assert content.endswith(TRUNCATION_MARK)
+
+
+def test_system_prompt_too_big_is_reported(counter: HFTokenCounter) -> None:
+    with pytest.raises(ValueError, match="CONTEXT_TOKENS"):
+        build_chat_prompt(counter, system="word " * 500, history=[],
+                          message=Turn("user", "a", "hi"), context_tokens=300, reply_tokens=50)
+
+
+def test_runs_of_user_turns_merge_and_prompt_opens_with_a_user(counter: HFTokenCounter) -> None:
+    prompt = to_messages("sys", [Turn("assistant", "Bot", "orphan"), Turn("user", "a", "one"),
+                                 Turn("user", "b", "two"), Turn("assistant", "Bot", "ok")])
+    assert [m["role"] for m in prompt] == ["system", "user", "assistant"]
+    assert prompt[1]["content"] == "a: one\nb: two"
+
+
+def test_chunks_keep_order_and_fit(counter: HFTokenCounter) -> None:
+    lines = [f"alice: line {i} about the weather and the team" for i in range(100)]
+    lines.insert(50, "bob: " + "very long " * 500)
+    chunks = chunk_lines(counter, lines, 120)
+    assert len(chunks) > 5
+    flat = [line for chunk in chunks for line in chunk]
+    assert flat[:50] == lines[:50] and flat[51:] == lines[51:]
+    assert flat[50].endswith(TRUNCATION_MARK)
+    for chunk in chunks:
+        assert sum(counter.count_text(line) + 1 for line in chunk) <= 120
