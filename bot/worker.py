@@ -249,15 +249,17 @@ class ModelWorker:
                 log.debug("skipped a request whose caller gave up")
                 continue
             self._active = 1
+            outcome: Completion | GenerationError
             try:
-                item._finish(self._generate(backend, item))
+                outcome = self._generate(backend, item)
                 self.served += 1
             except Exception as exc:
                 self.failed += 1
                 log.exception("generation failed")
-                item._finish(GenerationError(f"{type(exc).__name__}: {exc}"))
-            finally:
-                self._active = 0
+                outcome = GenerationError(f"{type(exc).__name__}: {exc}")
+            # Counters are settled before the caller can observe the result.
+            self._active = 0
+            item._finish(outcome)
 
     def _generate(self, backend: Backend, handle: GenerationHandle) -> Completion:
         deadline = time.monotonic() + handle.timeout

@@ -59,12 +59,12 @@ async def test_cancelled_requests_are_skipped() -> None:
         waiter = asyncio.create_task(abandoned.result())
         await asyncio.sleep(0)
         waiter.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
         last = worker.submit(request("last"))
         backend.gate.set()
         assert (await first.result()).text == "echo: first"
         assert (await last.result()).text == "echo: last"
-        with pytest.raises(asyncio.CancelledError):
-            await waiter
     prompts = [p[-1]["content"] for p in backend.prompts]
     assert prompts == ["first", "last"]
 

@@ -48,7 +48,7 @@ def split_text(text: str, limit: int) -> list[str]:
         chunk = reopen + rest[:cut]
         fence = _open_fence(chunk)
         if fence:
-            chunk += "\n```" if not chunk.endswith("\n") else "```"
+            chunk += "\n```"
         parts.append(chunk)
         rest = rest[cut:]
         reopen = f"{fence}\n" if fence else ""

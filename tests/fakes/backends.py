@@ -73,10 +73,10 @@ class GatedBackend(EchoBackend):
 
 
 class FailingBackend(EchoBackend):
-    """Raises on prompts containing 'boom', echoes otherwise."""
+    """Raises when the newest line contains 'boom', echoes otherwise."""
 
     def generate(self, request: GenerationRequest, emit: Callable[[str], None],
                  should_stop: Callable[[], bool]) -> str:
-        if "boom" in request.prompt[-1]["content"]:
+        if "boom" in request.prompt[-1]["content"].splitlines()[-1]:
             raise RuntimeError("the model exploded")
         return super().generate(request, emit, should_stop)

@@ -1,0 +1,56 @@
+"""The console adapter, driven through stdin/stdout as a user would."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from bot.adapters.console_adapter import ConsoleAdapter
+from bot.app import run_console
+from bot.config import Settings
+from bot.core import ConversationCore
+from bot.history import HistoryStore
+from bot.types import ChannelKey
+from tests.fakes.backends import EchoBackend
+
+
+class TTY(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+async def test_piped_input_prints_only_the_answers(core: ConversationCore) -> None:
+    out = io.StringIO()
+    console = ConsoleAdapter(core, stdin=io.StringIO("hello bot\n\n/help\nbye now\n"),
+                             stdout=out, user_name="ada")
+    await console.start()
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "echo: hello bot"
+    assert lines[1].startswith("I'm Bot.")
+    assert lines[-1] == "echo: bye now"
+
+
+async def test_interactive_session_streams_with_prompts(core: ConversationCore) -> None:
+    out = io.StringIO()
+    console = ConsoleAdapter(core, stdin=TTY("one two\n"), stdout=out, user_name="ada")
+    assert console.interactive
+    await console.start()
+    text = out.getvalue()
+    assert "Chatting in console:local as ada" in text
+    assert "ada> Bot> echo: one two\n" in text
+    assert text.rstrip().endswith("Bye.")
+
+
+async def test_history_survives_a_restart(settings: Settings) -> None:
+    backend = EchoBackend()
+    for line in ("my name is Ada", "what is my name?"):
+        out = io.StringIO()
+        await run_console(settings, lambda: backend, channel="room", stdin=io.StringIO(line),
+                          stdout=out)
+    # The second run's prompt carried the first run's turns, read back from SQLite.
+    assert backend.prompts[-1][1]["content"].endswith("my name is Ada")
+    async with HistoryStore(settings.history_db) as history:
+        turns = await history.recent(ChannelKey("console", "room"))
+    assert [t.text for t in turns] == ["my name is Ada", "echo: my name is Ada",
+                                       "what is my name?", "echo: what is my name?"]
+    assert Path(settings.history_db).is_file()

@@ -1,0 +1,113 @@
+"""Real-model tests on the bundled SmolLM2-135M-Instruct (marked slow; CI runs them).
+
+They catch quality regressions a random-weight model cannot: the model must still know
+that Paris is the capital of France, through the whole stack and through the console.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.app import hf_backend_factory
+from bot.config import Settings
+from bot.core import ConversationCore
+from bot.history import HistoryStore
+from bot.model_cache import cache_folder
+from bot.model_source import bundled_model
+from bot.types import ChannelKey, IncomingMessage, Turn
+from bot.worker import ModelWorker
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
+KEY = ChannelKey("console", "real")
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One conversion per test run, shared by the tests and the console subprocess."""
+    return tmp_path_factory.mktemp("model-cache")
+
+
+@pytest.fixture
+def real_settings(settings: Settings, model_cache: Path) -> Settings:
+    return dataclasses.replace(settings, model_cache_dir=model_cache, temperature=0.0,
+                               max_new_tokens=64, max_queue=8)
+
+
+@pytest.fixture
+async def real_core(real_settings: Settings) -> AsyncIterator[ConversationCore]:
+    factory = hf_backend_factory(real_settings, bundled_model())
+    async with ModelWorker(factory) as worker, HistoryStore(real_settings.history_db) as store:
+        yield ConversationCore(worker=worker, history=store, settings=real_settings)
+
+
+def ask(text: str, message_id: str = "m1", key: ChannelKey = KEY) -> IncomingMessage:
+    return IncomingMessage(key=key, message_id=message_id, author_id="u1", author_name="ada",
+                           text=text)
+
+
+async def test_the_gguf_is_converted_once_and_cached(real_core: ConversationCore,
+                                                     model_cache: Path) -> None:
+    folder = cache_folder(bundled_model(), model_cache)
+    assert (folder / ".complete").is_file()
+    assert (folder / "model.safetensors").is_file()
+    assert real_core.worker.info.name.startswith("SmolLM2-135M-Instruct")
+
+
+async def test_capital_of_france_through_the_full_stack(real_core: ConversationCore) -> None:
+    reply = await real_core.handle(ask("What is the capital of France?"))
+    assert reply is not None
+    assert "Paris" in reply.text
+
+
+async def test_follow_up_uses_the_channel_history(real_core: ConversationCore) -> None:
+    await real_core.handle(ask("What is the capital of France?"))
+    reply = await real_core.handle(ask("Repeat the name of that city.", "m2"))
+    assert reply is not None and "Paris" in reply.text
+
+
+async def test_odd_input_gets_answers_and_the_bot_keeps_working(
+        real_core: ConversationCore) -> None:
+    huge = await real_core.handle(ask("a" * 100_000))
+    assert huge is not None and "too long" in huge.text
+    odd = await real_core.handle(ask("\x00\x1b🦉🦉 hello?! \u202e"))
+    assert odd is not None and odd.text.strip()
+    fresh = ChannelKey("console", "fresh")
+    reply = await real_core.handle(ask("What is the capital of France?", "m3", fresh))
+    assert reply is not None and "Paris" in reply.text
+
+
+async def test_map_reduce_summary_on_a_small_window(real_settings: Settings) -> None:
+    small = dataclasses.replace(real_settings, context_tokens=384, max_new_tokens=48)
+    factory = hf_backend_factory(small, bundled_model())
+    async with ModelWorker(factory) as worker, HistoryStore(small.history_db) as store:
+        core = ConversationCore(worker=worker, history=store, settings=small)
+        for i in range(30):
+            await store.add(KEY, Turn(
+                "user", "sam", f"Item {i}: we agreed the launch moves to Friday and the "
+                "budget stays at ten thousand euros."))
+        reply = await core.handle(ask("/summarize 30"))
+    assert reply is not None
+    assert reply.text.startswith("Summary of the last 30 messages:")
+    assert len(reply.text.split(":", 1)[1].strip()) > 10
+
+
+def test_console_answers_piped_input(model_cache: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "MODEL_CACHE_DIR": str(model_cache), "TEMPERATURE": "0",
+           "HISTORY_DB": str(tmp_path / "h.sqlite3")}
+    env.pop("DISCORD_TOKEN", None)
+    env.pop("SLACK_BOT_TOKEN", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "console", "--env-file", str(tmp_path / "none.env")],
+        input="What is the capital of France?\n", capture_output=True, text=True, cwd=ROOT,
+        env=env, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    assert "Model ready" in result.stderr
