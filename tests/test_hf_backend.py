@@ -64,18 +64,19 @@ async def test_transcript_prompt_shape(tiny_base_model_dir: Path, settings: Sett
 
 async def test_the_event_loop_stays_responsive_while_the_model_works(
         tiny_backend_factory: Callable[[], Backend]) -> None:
-    long_run = SamplingParams(max_new_tokens=200, temperature=0.0)
+    long_run = SamplingParams(max_new_tokens=300, temperature=0.0)
     async with ModelWorker(tiny_backend_factory) as worker:
         handle = worker.submit(GenerationRequest(PROMPT, long_run))
         started = time.perf_counter()
-        worst = 0.0
+        worst, ticks = 0.0, 0
         while not handle._future.done():
             tick = time.perf_counter()
-            await asyncio.sleep(0.005)
-            worst = max(worst, time.perf_counter() - tick - 0.005)
+            await asyncio.sleep(0.002)
+            worst = max(worst, time.perf_counter() - tick - 0.002)
+            ticks += 1
         elapsed = time.perf_counter() - started
-        await handle.result()
-    # The loop kept ticking: its worst stall is a small fraction of the generation time.
-    print(f"generation {elapsed:.3f}s, worst loop stall {worst:.4f}s")
-    assert elapsed > 0.2
+        completion = await handle.result()
+    # The loop kept ticking all along: its worst stall is a small part of the generation.
+    assert len(completion.text) > 50
+    assert ticks >= 10
     assert worst < elapsed / 4, f"loop stalled {worst:.3f}s during a {elapsed:.3f}s generation"
