@@ -14,10 +14,11 @@ import sys
 
 from dotenv import load_dotenv
 
-from bot.app import hf_backend_factory, run_console
+from bot.app import hf_backend_factory, run_bot
 from bot.config import Settings
 from bot.errors import ConfigError, ModelLoadError
 from bot.model_source import resolve_model
+from bot.personas import load_personas
 
 EXIT_CONFIG = 2
 EXIT_MODEL = 3
@@ -40,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings.from_env(os.environ)
         source = resolve_model(settings.model)
+        load_personas(settings.personas_dir)  # a broken persona file stops start-up here
     except ConfigError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -48,19 +50,19 @@ def main(argv: list[str] | None = None) -> int:
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
-    if args.mode == "run" and settings.platforms:
-        print(f"Configured platforms {settings.platforms} are not available in this version; "
-              "starting the console.", file=sys.stderr)
-    elif args.mode == "run":
+    if args.mode == "run" and not settings.platforms:
         print("No DISCORD_TOKEN or SLACK_BOT_TOKEN is set, so the bot runs as a console chat. "
               "Add a token to .env (see .env.example) to connect it to Discord or Slack.",
               file=sys.stderr)
     try:
-        asyncio.run(run_console(settings, hf_backend_factory(settings, source),
-                                channel=args.channel))
+        asyncio.run(run_bot(settings, hf_backend_factory(settings, source),
+                            console=args.mode == "console", channel=args.channel))
     except ModelLoadError as exc:
         print(f"Could not load the model: {exc}", file=sys.stderr)
         return EXIT_MODEL
+    except ConfigError as exc:
+        print(f"Configuration error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         print("", file=sys.stderr)
     return 0

@@ -5,17 +5,23 @@ Kept apart from `__main__` so tests can build the same app with a tiny model inj
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import TextIO
 
+from bot.adapters.base import Adapter
 from bot.adapters.console_adapter import ConsoleAdapter
 from bot.config import Settings
 from bot.core import ConversationCore
 from bot.generation import Backend
 from bot.history import HistoryStore
+from bot.knowledge import KnowledgeBase
 from bot.model_source import ModelSource
+from bot.personas import load_personas
 from bot.worker import ModelWorker
 
 log = logging.getLogger(__name__)
@@ -34,23 +40,98 @@ def hf_backend_factory(settings: Settings, source: ModelSource) -> Callable[[], 
     return make
 
 
-def make_worker(settings: Settings, make_backend: Callable[[], Backend]) -> ModelWorker:
-    return ModelWorker(make_backend, max_pending=settings.max_queue,
-                       timeout=settings.generation_timeout)
+def platform_adapters(core: ConversationCore, settings: Settings) -> list[Adapter]:
+    """One adapter per platform that has a token; SDKs are imported only when used."""
+    adapters: list[Adapter] = []
+    if settings.discord_token:
+        from bot.adapters.discord_adapter import DiscordAdapter
+
+        adapters.append(DiscordAdapter(core, settings))
+    return adapters
 
 
-async def run_console(settings: Settings, make_backend: Callable[[], Backend], *,
-                      channel: str = "local", stdin: TextIO | None = None,
-                      stdout: TextIO | None = None) -> None:
-    """Load the model, open history, and chat on the console until end of input."""
+async def run_bot(settings: Settings, make_backend: Callable[[], Backend], *,
+                  console: bool = False, channel: str = "local", stdin: TextIO | None = None,
+                  stdout: TextIO | None = None) -> None:
+    """Load the model, open history, and serve the adapters until they end or a signal.
+
+    With `console` (or no platform token) the console chat runs; it ends at end of input.
+
+    Raises:
+        ConfigError: a persona file is malformed.
+        ModelLoadError: the model could not be loaded.
+    """
+    personas = load_personas(settings.personas_dir)
     print(f"Loading the model ({settings.model}); the first start converts it and takes "
           "longer...", file=sys.stderr, flush=True)
-    async with make_worker(settings, make_backend) as worker, \
-            HistoryStore(settings.history_db,
-                         max_per_channel=settings.history_max_messages) as history:
+    worker = ModelWorker(make_backend, max_pending=settings.max_queue,
+                         timeout=settings.generation_timeout)
+    async with worker, HistoryStore(settings.history_db,
+                                    max_per_channel=settings.history_max_messages) as history:
         info = worker.info
         print(f"Model ready: {info.name} on {info.device} ({info.dtype}). "
               f"History: {settings.history_db}", file=sys.stderr, flush=True)
-        core = ConversationCore(worker=worker, history=history, settings=settings)
-        console = ConsoleAdapter(core, stdin=stdin, stdout=stdout, channel=channel)
-        await console.start()
+        async with AsyncExitStack() as stack:
+            knowledge = None
+            if settings.knowledge_dir.is_dir():
+                knowledge = await stack.enter_async_context(
+                    KnowledgeBase(settings.knowledge_dir, settings.knowledge_db))
+                stats = await knowledge.reindex()
+                print(f"Knowledge base {settings.knowledge_dir}: {stats.documents} documents, "
+                      f"{stats.passages} passages.", file=sys.stderr, flush=True)
+            core = ConversationCore(worker=worker, history=history, settings=settings,
+                                    personas=personas, knowledge=knowledge)
+            adapters: list[Adapter]
+            if console or not settings.platforms:
+                adapters = [ConsoleAdapter(core, stdin=stdin, stdout=stdout, channel=channel)]
+            else:
+                adapters = platform_adapters(core, settings)
+            await _serve(adapters)
+
+
+async def _serve(adapters: list[Adapter]) -> None:
+    """Run every adapter on this loop until all end; SIGTERM/SIGINT stop them all."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    signals = _install_signal_handlers(loop, stopping.set)
+    running = asyncio.create_task(_run_all(adapters))
+    stop_requested = asyncio.create_task(stopping.wait())
+    try:
+        await asyncio.wait({running, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
+        if stopping.is_set():
+            log.info("a signal asked the bot to shut down")
+    finally:
+        for adapter in adapters:
+            try:
+                await adapter.stop()
+            except Exception:
+                log.exception("stopping the %s adapter failed", adapter.platform)
+        stop_requested.cancel()
+        running.cancel()
+        await asyncio.gather(running, stop_requested, return_exceptions=True)
+        for sig in signals:
+            loop.remove_signal_handler(sig)
+
+
+async def _run_all(adapters: list[Adapter]) -> None:
+    """Run the adapters side by side; one that fails is logged and the others keep going."""
+
+    async def run(adapter: Adapter) -> None:
+        try:
+            await adapter.start()
+        except Exception:
+            log.exception("the %s adapter stopped with an error", adapter.platform)
+
+    await asyncio.gather(*(run(a) for a in adapters))
+
+
+def _install_signal_handlers(loop: asyncio.AbstractEventLoop,
+                             callback: Callable[[], None]) -> list[signal.Signals]:
+    installed = []
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            loop.add_signal_handler(sig, callback)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread, or no signal support: Ctrl-C still interrupts
+    return installed

@@ -46,6 +46,9 @@ class Settings:
     summary_default_messages: int = 50
     history_db: Path = Path("data/history.sqlite3")
     history_max_messages: int = 200
+    personas_dir: Path = Path("personas")
+    knowledge_dir: Path = Path("knowledge")
+    knowledge_db: Path = Path("data/knowledge.sqlite3")
     log_level: str = "INFO"
     discord_token: str | None = None
     discord_guild_id: str | None = None
@@ -112,6 +115,9 @@ class Settings:
             history_db=Path(reader.text("HISTORY_DB", str(d.history_db))),
             history_max_messages=reader.number("HISTORY_MAX_MESSAGES", int,
                                                d.history_max_messages, low=2),
+            personas_dir=Path(reader.text("PERSONAS_DIR", str(d.personas_dir))),
+            knowledge_dir=Path(reader.text("KNOWLEDGE_DIR", str(d.knowledge_dir))),
+            knowledge_db=Path(reader.text("KNOWLEDGE_DB", str(d.knowledge_db))),
             log_level=reader.choice("LOG_LEVEL", LOG_LEVELS, d.log_level, upper=True),
             discord_token=reader.optional("DISCORD_TOKEN"),
             discord_guild_id=reader.snowflake("DISCORD_GUILD_ID"),

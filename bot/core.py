@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from bot.commands import (
     COMMANDS,
@@ -23,8 +23,10 @@ from bot.commands import (
 from bot.config import Settings
 from bot.errors import GenerationError, UserError
 from bot.generation import GenerationRequest, SamplingParams
-from bot.history import HistoryStore
-from bot.prompting import build_chat_prompt
+from bot.history import ChannelSettings, HistoryStore
+from bot.knowledge import KnowledgeBase
+from bot.personas import DEFAULT_PERSONA, Persona, load_personas
+from bot.prompting import build_chat_prompt, knowledge_block
 from bot.summarize import summarize_lines
 from bot.types import ChannelKey, IncomingMessage, Prompt, Reply, Turn
 from bot.worker import GenerationHandle, GenerationService
@@ -54,10 +56,14 @@ class ConversationCore:
     """
 
     def __init__(self, *, worker: GenerationService, history: HistoryStore, settings: Settings,
+                 personas: Mapping[str, Persona] | None = None,
+                 knowledge: KnowledgeBase | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.worker = worker
         self.history = history
         self.settings = settings
+        self.personas = dict(personas) if personas is not None else load_personas()
+        self.knowledge = knowledge
         self._clock = clock
         self._started = clock()
         self._locks: defaultdict[ChannelKey, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -73,13 +79,14 @@ class ConversationCore:
         """
         text = clean_text(msg.text)
         try:
-            if not msg.addressed:
-                if text and not text.startswith("/"):
-                    await self.history.add(msg.key, Turn("user", msg.author_name,
-                                                         text[: self.settings.max_input_chars]),
-                                           message_id=msg.message_id)
-                return None
             command, args = self._parse_command(msg, text)
+            channel = await self.history.channel_settings(msg.key)
+            if command is None and not (channel.enabled and (
+                    msg.addressed or await self._continues_bot_thread(msg, text, channel))):
+                await self._record_context(msg, text)
+                return None
+            if not msg.addressed and command is not None:
+                return None  # a stray "/word" in passing is not a command for the bot
             if command is None:
                 answer = await self.chat(msg, text, on_progress=on_progress)
             else:
@@ -97,6 +104,35 @@ class ConversationCore:
             log.exception("unexpected error while handling a message in %s", msg.key)
             answer = APOLOGY
         return Reply(msg.key, answer, reply_to=msg.message_id)
+
+    async def _continues_bot_thread(self, msg: IncomingMessage, text: str,
+                                    channel: ChannelSettings) -> bool:
+        """An unmentioned message in a thread the bot is part of, where that is wanted."""
+        if not (text and msg.key.thread_id and channel.thread_replies):
+            return False
+        return msg.in_bot_thread or await self.history.has_assistant_turn(msg.key)
+
+    async def _record_context(self, msg: IncomingMessage, text: str) -> None:
+        if text and not text.startswith("/"):
+            await self.history.add(msg.key, Turn("user", msg.author_name,
+                                                 text[: self.settings.max_input_chars]),
+                                   message_id=msg.message_id)
+
+    def persona_for(self, channel: ChannelSettings) -> Persona:
+        """The channel's persona, falling back to the default if it was removed."""
+        return self.personas.get(channel.persona or DEFAULT_PERSONA,
+                                 self.personas[DEFAULT_PERSONA])
+
+    def sampling_for(self, persona: Persona) -> SamplingParams:
+        return SamplingParams(
+            max_new_tokens=persona.max_new_tokens or self.settings.max_new_tokens,
+            temperature=(self.settings.temperature if persona.temperature is None
+                         else persona.temperature),
+            top_p=self.settings.top_p if persona.top_p is None else persona.top_p)
+
+    def system_prompt_for(self, channel: ChannelSettings, persona: Persona) -> str:
+        prompt = channel.system_prompt or persona.system_prompt or self.settings.system_prompt
+        return prompt.replace("{bot_name}", self.settings.bot_name)
 
     @staticmethod
     def _parse_command(msg: IncomingMessage, text: str) -> tuple[str | None, str]:
@@ -117,19 +153,32 @@ class ConversationCore:
         if len(text) > limit:
             raise UserError(f"That message is too long for me ({len(text):,} characters); "
                             f"please keep it under {limit:,}.")
+        channel = await self.history.channel_settings(msg.key)
+        persona = self.persona_for(channel)
+        sampling = self.sampling_for(persona)
+        system = self.system_prompt_for(channel, persona)
+        context_tokens = self.worker.info.context_tokens
+        sources: list[str] = []
+        if persona.use_knowledge and self.knowledge is not None:
+            passages = await self.knowledge.search(text, scope=persona.name)
+            block, sources = await asyncio.to_thread(
+                knowledge_block, self.worker.token_counter, passages,
+                (context_tokens - sampling.max_new_tokens) // 2)
+            system = f"{system}\n\n{block}" if block else system
         async with self._locks[msg.key]:
             turns = await self.history.recent(msg.key)
             user_turn = Turn("user", msg.author_name, text)
             prompt = await asyncio.to_thread(
-                build_chat_prompt, self.worker.token_counter,
-                system=self.settings.system_prompt_text, history=turns, message=user_turn,
-                context_tokens=self.worker.info.context_tokens,
-                reply_tokens=self.sampling.max_new_tokens)
-            handle = self.worker.submit(GenerationRequest(prompt, self.sampling))
+                build_chat_prompt, self.worker.token_counter, system=system, history=turns,
+                message=user_turn, context_tokens=context_tokens,
+                reply_tokens=sampling.max_new_tokens)
+            handle = self.worker.submit(GenerationRequest(prompt, sampling))
             await self.history.add(msg.key, user_turn, message_id=msg.message_id)
             answer = await self._stream(handle, on_progress)
             await self.history.add(msg.key, Turn("assistant", self.settings.bot_name, answer))
-            return answer
+        if sources:
+            answer += "\n\nSources: " + ", ".join(sources)
+        return answer
 
     async def _stream(self, handle: GenerationHandle,
                       on_progress: ProgressCallback | None) -> str:
@@ -168,18 +217,24 @@ class ConversationCore:
         noun = "message" if len(lines) == 1 else "messages"
         return f"Summary of the last {len(lines)} {noun}:\n{summary}"
 
-    async def status_text(self) -> str:
+    async def status_text(self, key: ChannelKey) -> str:
         info = self.worker.info
         stats = await self.history.stats()
+        persona = self.persona_for(await self.history.channel_settings(key))
         uptime = int(self._clock() - self._started)
         hours, rest = divmod(uptime, 3600)
         minutes, seconds = divmod(rest, 60)
-        return "\n".join([
+        lines = [
             f"Model: {info.name} on {info.device} ({info.dtype}), "
             f"context {info.context_tokens} tokens, replies up to "
-            f"{self.sampling.max_new_tokens} tokens",
+            f"{self.sampling_for(persona).max_new_tokens} tokens",
             f"Queue: {self.worker.queue_depth} request(s) in progress or waiting "
             f"(limit {self.settings.max_queue})",
+            f"Persona here: {persona.name}",
             f"History: {stats.turns} messages in {stats.channels} conversation(s)",
-            f"Uptime: {hours}h {minutes:02d}m {seconds:02d}s",
-        ])
+        ]
+        if self.knowledge is not None:
+            kb = await self.knowledge.stats()
+            lines.append(f"Knowledge base: {kb.documents} documents, {kb.passages} passages")
+        lines.append(f"Uptime: {hours}h {minutes:02d}m {seconds:02d}s")
+        return "\n".join(lines)

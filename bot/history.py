@@ -1,24 +1,19 @@
-"""Per-channel conversation history in one SQLite file.
+"""Per-channel conversation history and channel settings in one SQLite file.
 
 WAL mode with ``synchronous=NORMAL`` survives a killed process: every committed turn is in the
-file once `add()` returns. All database work runs on one private thread (the aiosqlite
-pattern), so the event loop never waits on disk.
+file once `add()` returns. All database work runs on one private thread (`SQLiteRunner`), so
+the event loop never waits on disk.
 """
 
 from __future__ import annotations
 
-import asyncio
-import sqlite3
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar, cast
+from typing import cast
 
+from bot.sqlite_runner import SQLiteRunner
 from bot.types import ChannelKey, Role, Turn
-
-T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS turns (
@@ -33,7 +28,34 @@ CREATE TABLE IF NOT EXISTS turns (
     created_at  REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS turns_by_channel ON turns (platform, channel_id, thread_id, id);
+CREATE TABLE IF NOT EXISTS channel_settings (
+    platform       TEXT NOT NULL,
+    channel_id     TEXT NOT NULL,
+    persona        TEXT,
+    system_prompt  TEXT,
+    thread_replies INTEGER NOT NULL DEFAULT 1,
+    enabled        INTEGER NOT NULL DEFAULT 1,
+    updated_at     REAL NOT NULL,
+    PRIMARY KEY (platform, channel_id)
+);
 """
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """How the bot behaves in one channel; its threads inherit it.
+
+    Attributes:
+        persona: a persona name, or None for the default.
+        system_prompt: a custom system prompt that replaces the persona's, or None.
+        thread_replies: answer every message in threads the bot is part of, unmentioned.
+        enabled: answer in this channel at all (admin commands always work).
+    """
+
+    persona: str | None = None
+    system_prompt: str | None = None
+    thread_replies: bool = True
+    enabled: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,11 +77,12 @@ class HistoryStore:
     def __init__(self, path: str | Path, *, max_per_channel: int = 200) -> None:
         self.path = path
         self.max_per_channel = max_per_channel
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="history")
-        self._db: sqlite3.Connection | None = None
+        self._sql = SQLiteRunner(path, _SCHEMA, name="history")
+        self._run = self._sql.run
+        self._conn = self._sql.conn
 
     async def open(self) -> HistoryStore:
-        await self._run(self._open)
+        await self._sql.open()
         return self
 
     async def __aenter__(self) -> HistoryStore:
@@ -70,9 +93,7 @@ class HistoryStore:
 
     async def close(self) -> None:
         """Checkpoint and close the file, then stop the private thread."""
-        if self._db is not None:
-            await self._run(self._close)
-        self._executor.shutdown(wait=True)
+        await self._sql.close()
 
     async def add(self, key: ChannelKey, turn: Turn, *, message_id: str | None = None) -> None:
         """Append a turn and drop the channel's oldest beyond the bound."""
@@ -89,32 +110,18 @@ class HistoryStore:
     async def stats(self) -> HistoryStats:
         return await self._run(self._stats)
 
+    async def has_assistant_turn(self, key: ChannelKey) -> bool:
+        """Whether the bot has spoken in this conversation (a thread it is part of)."""
+        return await self._run(self._has_assistant_turn, key)
+
+    async def channel_settings(self, key: ChannelKey) -> ChannelSettings:
+        """The settings of `key`'s channel (threads share their channel's settings)."""
+        return await self._run(self._channel_settings, key)
+
+    async def save_channel_settings(self, key: ChannelKey, settings: ChannelSettings) -> None:
+        await self._run(self._save_channel_settings, key, settings)
+
     # -- on the private thread -------------------------------------------------------
-
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, fn, *args)
-
-    def _conn(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("the history store is not open")
-        return self._db
-
-    def _open(self) -> None:
-        if str(self.path) != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(str(self.path), isolation_level=None)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        db.execute("PRAGMA busy_timeout=5000")
-        db.executescript(_SCHEMA)
-        self._db = db
-
-    def _close(self) -> None:
-        db = self._conn()
-        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        db.close()
-        self._db = None
 
     def _add(self, key: ChannelKey, turn: Turn, message_id: str | None) -> None:
         db = self._conn()
@@ -152,3 +159,26 @@ class HistoryStore:
             "SELECT COUNT(DISTINCT platform || ':' || channel_id || ':' || thread_id),"
             " COUNT(*) FROM turns").fetchone()
         return HistoryStats(channels=channels, turns=turns)
+
+    def _has_assistant_turn(self, key: ChannelKey) -> bool:
+        row = self._conn().execute(
+            "SELECT 1 FROM turns WHERE platform = ? AND channel_id = ? AND thread_id = ?"
+            " AND role = 'assistant' LIMIT 1",
+            (key.platform, key.channel_id, key.thread_id or "")).fetchone()
+        return row is not None
+
+    def _channel_settings(self, key: ChannelKey) -> ChannelSettings:
+        row = self._conn().execute(
+            "SELECT persona, system_prompt, thread_replies, enabled FROM channel_settings"
+            " WHERE platform = ? AND channel_id = ?", (key.platform, key.channel_id)).fetchone()
+        if row is None:
+            return ChannelSettings()
+        persona, prompt, thread_replies, enabled = row
+        return ChannelSettings(persona, prompt, bool(thread_replies), bool(enabled))
+
+    def _save_channel_settings(self, key: ChannelKey, settings: ChannelSettings) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO channel_settings (platform, channel_id, persona,"
+            " system_prompt, thread_replies, enabled, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key.platform, key.channel_id, settings.persona, settings.system_prompt,
+             int(settings.thread_replies), int(settings.enabled), time.time()))

@@ -9,6 +9,7 @@ insist on alternating roles still render.
 from __future__ import annotations
 
 from bot.generation import TokenCounter
+from bot.knowledge import Passage
 from bot.types import ChatMessage, Prompt, Turn
 
 TRUNCATION_MARK = " […]"
@@ -109,3 +110,29 @@ def chunk_lines(counter: TokenCounter, lines: list[str], max_tokens: int) -> lis
     if current:
         chunks.append(current)
     return chunks
+
+
+def knowledge_block(counter: TokenCounter, passages: list[Passage],
+                    max_tokens: int) -> tuple[str, list[str]]:
+    """Reference passages for the system prompt, best first, within `max_tokens`.
+
+    Returns the text to append to the system prompt ('' when nothing fits) and the files the
+    included passages came from, so the answer can name its sources.
+    """
+    header = ("Reference passages from the knowledge base. Answer from them; if they do not "
+              "contain the answer, say you don't know.")
+    used = counter.count_text(header) + 2
+    entries: list[str] = []
+    sources: list[str] = []
+    for passage in passages:
+        entry = f"[{passage.path} — {passage.heading}]\n{passage.text}"
+        cost = counter.count_text(entry) + 2
+        if used + cost > max_tokens:
+            continue
+        entries.append(entry)
+        used += cost
+        if passage.path not in sources:
+            sources.append(passage.path)
+    if not entries:
+        return "", []
+    return "\n\n".join([header, *entries]), sources

@@ -43,6 +43,8 @@ class IncomingMessage:
         is_admin: the platform says the author may manage this channel (checked by the
             adapter against the platform's permissions, never taken from message text).
         is_direct: a direct message, where the author owns the conversation.
+        in_bot_thread: the adapter knows the message is in a thread the bot started or
+            answers in (the core also counts threads where it has spoken before).
     """
 
     key: ChannelKey
@@ -55,6 +57,7 @@ class IncomingMessage:
     args: str = ""
     is_admin: bool = False
     is_direct: bool = False
+    in_bot_thread: bool = False
     raw: object = field(default=None, repr=False, compare=False)
 
 

@@ -6,7 +6,7 @@ import io
 from pathlib import Path
 
 from bot.adapters.console_adapter import ConsoleAdapter
-from bot.app import run_console
+from bot.app import run_bot
 from bot.config import Settings
 from bot.core import ConversationCore
 from bot.history import HistoryStore
@@ -45,8 +45,8 @@ async def test_history_survives_a_restart(settings: Settings) -> None:
     backend = EchoBackend()
     for line in ("my name is Ada", "what is my name?"):
         out = io.StringIO()
-        await run_console(settings, lambda: backend, channel="room", stdin=io.StringIO(line),
-                          stdout=out)
+        await run_bot(settings, lambda: backend, console=True, channel="room",
+                      stdin=io.StringIO(line), stdout=out)
     # The second run's prompt carried the first run's turns, read back from SQLite.
     assert backend.prompts[-1][1]["content"].endswith("my name is Ada")
     async with HistoryStore(settings.history_db) as history:
@@ -54,3 +54,34 @@ async def test_history_survives_a_restart(settings: Settings) -> None:
     assert [t.text for t in turns] == ["my name is Ada", "echo: my name is Ada",
                                        "what is my name?", "echo: what is my name?"]
     assert Path(settings.history_db).is_file()
+
+
+def test_sigterm_stops_the_bot_cleanly(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """What a Procfile host sends: the process exits 0 and the history file is closed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "MODEL": str(tiny_model_dir), "HISTORY_DB": str(tmp_path / "h.db"),
+           "MAX_NEW_TOKENS": "8"}
+    env.pop("DISCORD_TOKEN", None)
+    env.pop("SLACK_BOT_TOKEN", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bot", "console", "--env-file", str(tmp_path / "none.env")],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=root, env=env)
+    assert proc.stdin is not None and proc.stderr is not None and proc.stdout is not None
+    proc.stdin.write("hello\n")
+    proc.stdin.flush()
+    for line in proc.stderr:  # wait until the model is up
+        if line.startswith("Model ready"):
+            break
+    proc.stdout.readline()  # the answer to "hello"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    proc.stdin.close()
+    proc.stdout.close()
+    proc.stderr.close()
+    assert not (tmp_path / "h.db-wal").exists() or (tmp_path / "h.db-wal").stat().st_size == 0

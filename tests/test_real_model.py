@@ -111,3 +111,23 @@ def test_console_answers_piped_input(model_cache: Path, tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert "Paris" in result.stdout
     assert "Model ready" in result.stderr
+
+
+async def test_support_channel_answers_from_the_sample_knowledge_base(
+        real_settings: Settings, tmp_path: Path) -> None:
+    from bot.knowledge import KnowledgeBase
+
+    factory = hf_backend_factory(real_settings, bundled_model())
+    async with ModelWorker(factory) as worker, HistoryStore(real_settings.history_db) as store, \
+            KnowledgeBase(ROOT / "examples" / "knowledge", tmp_path / "kb.db") as kb:
+        await kb.reindex()
+        core = ConversationCore(worker=worker, history=store, settings=real_settings,
+                                knowledge=kb)
+        admin = IncomingMessage(key=KEY, message_id="a", author_id="u1", author_name="ada",
+                                text="/persona support", is_admin=True)
+        await core.handle(admin)
+        reply = await core.handle(ask("How many days do I have to return a Brightbird feeder "
+                                      "for a refund?"))
+    assert reply is not None
+    assert "45" in reply.text  # only the sample knowledge base says 45 days
+    assert "Sources: brightbird-faq.md" in reply.text
