@@ -17,6 +17,7 @@ from bot.adapters.base import Adapter
 from bot.adapters.console_adapter import ConsoleAdapter
 from bot.config import Settings
 from bot.core import ConversationCore
+from bot.errors import ConfigError
 from bot.generation import Backend
 from bot.history import HistoryStore
 from bot.knowledge import KnowledgeBase
@@ -47,6 +48,10 @@ def platform_adapters(core: ConversationCore, settings: Settings) -> list[Adapte
         from bot.adapters.discord_adapter import DiscordAdapter
 
         adapters.append(DiscordAdapter(core, settings))
+    if settings.slack_bot_token:
+        from bot.adapters.slack_adapter import SlackAdapter
+
+        adapters.append(SlackAdapter(core, settings))
     return adapters
 
 
@@ -100,6 +105,8 @@ async def _serve(adapters: list[Adapter]) -> None:
         await asyncio.wait({running, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
         if stopping.is_set():
             log.info("a signal asked the bot to shut down")
+        else:
+            running.result()  # re-raises a ConfigError from an adapter's start()
     finally:
         for adapter in adapters:
             try:
@@ -119,6 +126,8 @@ async def _run_all(adapters: list[Adapter]) -> None:
     async def run(adapter: Adapter) -> None:
         try:
             await adapter.start()
+        except ConfigError:
+            raise  # a rejected token: __main__ prints one line and exits 2
         except Exception:
             log.exception("the %s adapter stopped with an error", adapter.platform)
 

@@ -40,6 +40,9 @@ class Settings:
     top_p: float = 0.9
     max_queue: int = 16
     generation_timeout: float = 300.0
+    max_batch_size: int = 8
+    batch_token_budget: int = 8192
+    prompt_cache_mb: int = 256
     bot_name: str = "Assistant"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_input_chars: int = 16_000
@@ -49,6 +52,7 @@ class Settings:
     personas_dir: Path = Path("personas")
     knowledge_dir: Path = Path("knowledge")
     knowledge_db: Path = Path("data/knowledge.sqlite3")
+    knowledge_passages: int = 1
     log_level: str = "INFO"
     discord_token: str | None = None
     discord_guild_id: str | None = None
@@ -93,7 +97,7 @@ class Settings:
         reader = _Reader(env)
         d = cls()
         temperature = reader.number("TEMPERATURE", float, d.temperature, low=0.0, high=5.0)
-        return cls(
+        settings = cls(
             model=reader.text("MODEL", d.model),
             model_dtype=reader.choice("MODEL_DTYPE", DTYPES, d.model_dtype),
             device=reader.choice("DEVICE", DEVICES, d.device),
@@ -106,6 +110,11 @@ class Settings:
             max_queue=reader.number("MAX_QUEUE", int, d.max_queue, low=1, high=10_000),
             generation_timeout=reader.number("GENERATION_TIMEOUT", float,
                                              d.generation_timeout, low=1.0),
+            max_batch_size=reader.number("MAX_BATCH_SIZE", int, d.max_batch_size, low=1,
+                                         high=256),
+            batch_token_budget=reader.number("BATCH_TOKEN_BUDGET", int, d.batch_token_budget,
+                                             low=64),
+            prompt_cache_mb=reader.number("PROMPT_CACHE_MB", int, d.prompt_cache_mb, low=0),
             bot_name=reader.text("BOT_NAME", d.bot_name),
             system_prompt=reader.text("SYSTEM_PROMPT", d.system_prompt),
             max_input_chars=reader.number("MAX_INPUT_CHARS", int, d.max_input_chars, low=100),
@@ -118,6 +127,8 @@ class Settings:
             personas_dir=Path(reader.text("PERSONAS_DIR", str(d.personas_dir))),
             knowledge_dir=Path(reader.text("KNOWLEDGE_DIR", str(d.knowledge_dir))),
             knowledge_db=Path(reader.text("KNOWLEDGE_DB", str(d.knowledge_db))),
+            knowledge_passages=reader.number("KNOWLEDGE_PASSAGES", int, d.knowledge_passages,
+                                             low=1, high=20),
             log_level=reader.choice("LOG_LEVEL", LOG_LEVELS, d.log_level, upper=True),
             discord_token=reader.optional("DISCORD_TOKEN"),
             discord_guild_id=reader.snowflake("DISCORD_GUILD_ID"),
@@ -127,6 +138,11 @@ class Settings:
             slack_signing_secret=reader.optional("SLACK_SIGNING_SECRET"),
             port=reader.number("PORT", int, d.port, low=1, high=65535),
         )
+        if settings.slack_bot_token and not (settings.slack_app_token
+                                             or settings.slack_signing_secret):
+            raise ConfigError("SLACK_SIGNING_SECRET", "the signing secret for HTTP mode "
+                              "(or set SLACK_APP_TOKEN for Socket Mode)")
+        return settings
 
 
 class _Reader:

@@ -158,20 +158,20 @@ class ConversationCore:
         sampling = self.sampling_for(persona)
         system = self.system_prompt_for(channel, persona)
         context_tokens = self.worker.info.context_tokens
-        sources: list[str] = []
+        reference, sources = "", list[str]()
         if persona.use_knowledge and self.knowledge is not None:
-            passages = await self.knowledge.search(text, scope=persona.name)
-            block, sources = await asyncio.to_thread(
+            passages = await self.knowledge.search(
+                text, scope=persona.name, limit=self.settings.knowledge_passages)
+            reference, sources = await asyncio.to_thread(
                 knowledge_block, self.worker.token_counter, passages,
                 (context_tokens - sampling.max_new_tokens) // 2)
-            system = f"{system}\n\n{block}" if block else system
         async with self._locks[msg.key]:
             turns = await self.history.recent(msg.key)
             user_turn = Turn("user", msg.author_name, text)
             prompt = await asyncio.to_thread(
                 build_chat_prompt, self.worker.token_counter, system=system, history=turns,
                 message=user_turn, context_tokens=context_tokens,
-                reply_tokens=sampling.max_new_tokens)
+                reply_tokens=sampling.max_new_tokens, reference=reference)
             handle = self.worker.submit(GenerationRequest(prompt, sampling))
             await self.history.add(msg.key, user_turn, message_id=msg.message_id)
             answer = await self._stream(handle, on_progress)

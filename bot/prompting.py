@@ -46,11 +46,21 @@ def fit_text(counter: TokenCounter, text: str, max_tokens: int) -> str:
 
 
 def build_chat_prompt(counter: TokenCounter, *, system: str, history: list[Turn],
-                      message: Turn, context_tokens: int, reply_tokens: int) -> Prompt:
+                      message: Turn, context_tokens: int, reply_tokens: int,
+                      reference: str = "") -> Prompt:
     """The prompt for answering `message`, within ``context_tokens - reply_tokens``.
 
     Oldest history turns are dropped first; an oversized `message` is cut, never sent whole.
+    A `reference` (knowledge-base passages) goes right before the new message, where small
+    models use it best; its tokens are reserved first.
     """
+    if reference:
+        reserved = counter.count_text(reference) + 8
+        prompt = build_chat_prompt(counter, system=system, history=history, message=message,
+                                   context_tokens=context_tokens,
+                                   reply_tokens=reply_tokens + reserved)
+        prompt[-1]["content"] = f"{reference}\n\n{prompt[-1]['content']}"
+        return prompt
     budget = context_tokens - reply_tokens
     empty = counter.count_prompt(to_messages(system, [Turn("user", message.author, "")]))
     if empty > budget:
@@ -114,13 +124,12 @@ def chunk_lines(counter: TokenCounter, lines: list[str], max_tokens: int) -> lis
 
 def knowledge_block(counter: TokenCounter, passages: list[Passage],
                     max_tokens: int) -> tuple[str, list[str]]:
-    """Reference passages for the system prompt, best first, within `max_tokens`.
+    """Reference passages for the prompt, best first, within `max_tokens`.
 
     Returns the text to append to the system prompt ('' when nothing fits) and the files the
     included passages came from, so the answer can name its sources.
     """
-    header = ("Reference passages from the knowledge base. Answer from them; if they do not "
-              "contain the answer, say you don't know.")
+    header = "Reference passages:"
     used = counter.count_text(header) + 2
     entries: list[str] = []
     sources: list[str] = []

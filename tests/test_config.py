@@ -101,3 +101,10 @@ def test_env_example_documents_every_variable_and_parses() -> None:
 
     read = set(re.findall(r'reader\.\w+\("([A-Z_]+)"', source))
     assert read == set(values), "every variable config.py reads is in .env.example"
+
+
+def test_slack_http_mode_needs_a_signing_secret() -> None:
+    with pytest.raises(ConfigError, match="SLACK_SIGNING_SECRET"):
+        Settings.from_env({"SLACK_BOT_TOKEN": "xoxb-1"})
+    assert Settings.from_env({"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_APP_TOKEN": "xapp-1"})
+    assert Settings.from_env({"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_SIGNING_SECRET": "s"})

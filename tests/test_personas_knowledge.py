@@ -139,9 +139,12 @@ async def test_support_persona_answers_from_the_knowledge_base(
     assert admin_set is not None and "now uses the **support** persona" in admin_set.text
     reply = await kb_core.handle(message("How long do I have to return the feeder?"))
     assert reply is not None
-    system = backend.prompts[-1][0]["content"]
-    assert "friendly customer support agent" in system
-    assert "45 days of delivery" in system
+    prompt = backend.prompts[-1]
+    assert "friendly customer support agent" in prompt[0]["content"]
+    newest = prompt[-1]["content"]
+    assert newest.startswith("Reference passages:\n\n[brightbird-faq.md — Returns and refunds]")
+    assert "45 days of delivery" in newest
+    assert newest.endswith("ada: How long do I have to return the feeder?")
     assert "\n\nSources: brightbird-faq.md" in reply.text
     status = await kb_core.handle(message("/status"))
     assert status is not None
