@@ -124,8 +124,10 @@ class ConversationCore:
                                  self.personas[DEFAULT_PERSONA])
 
     def sampling_for(self, persona: Persona) -> SamplingParams:
+        """The persona's sampling; its reply budget never takes over half the context."""
+        budget = persona.max_new_tokens or self.settings.max_new_tokens
         return SamplingParams(
-            max_new_tokens=persona.max_new_tokens or self.settings.max_new_tokens,
+            max_new_tokens=min(budget, self.worker.info.context_tokens // 2),
             temperature=(self.settings.temperature if persona.temperature is None
                          else persona.temperature),
             top_p=self.settings.top_p if persona.top_p is None else persona.top_p)

@@ -385,7 +385,8 @@ async def test_slash_commands_are_registered_with_typed_options(
     async with serving(fake, core, settings):
         pass
     commands = {c["name"]: c for c in fake.registered_commands()}
-    assert set(commands) == {"ask", "summarize", "reset", "help", "status"}
+    assert set(commands) == {"ask", "summarize", "reset", "help", "status", "persona",
+                             "settings", "reindex"}
     assert all(c["description"] for c in commands.values())
     (prompt,) = commands["ask"]["options"]
     assert (prompt["name"], prompt["type"], prompt["required"]) == ("prompt", 3, True)
@@ -403,7 +404,7 @@ async def test_guild_id_registers_commands_in_that_server_only(
         await wait_done(handle)
     assert fake.registered_commands() == []
     assert {c["name"] for c in fake.registered_commands(fake.default_guild)} == {
-        "ask", "summarize", "reset", "help", "status"}
+        "ask", "summarize", "reset", "help", "status", "persona", "settings", "reindex"}
 
 
 async def test_slash_ask_defers_within_deadline_then_streams_follow_up(
@@ -477,6 +478,55 @@ async def test_slash_reset_needs_manage_messages(
     assert allowed_text == "Done: I forgot this conversation (2 messages)."
     assert dm_text == "Done: I forgot this conversation (0 messages)."
     assert await history.recent(key) == []
+
+
+async def test_persona_and_settings_need_manage_messages(
+        fake: FakeDiscord, core: ConversationCore, settings: Settings,
+        history: HistoryStore, backend: EchoBackend) -> None:
+    key = ChannelKey("discord", str(channel(fake).id))
+    admin = Perm.VIEW_CHANNEL | Perm.MANAGE_MESSAGES
+    async with serving(fake, core, settings):
+        denied = await wait_done(await fake.invoke_slash_command("persona", {"name": "writer"}))
+        denied_settings = await wait_done(await fake.invoke_slash_command(
+            "settings", {"setting": "prompt", "value": "Be rude."}))
+        assert await history.channel_settings(key) == type(
+            await history.channel_settings(key))()
+        allowed = await wait_done(await fake.invoke_slash_command(
+            "persona", {"name": "writer"}, member_permissions=admin))
+        prompt_set = await wait_done(await fake.invoke_slash_command(
+            "settings", {"setting": "prompt", "value": "You are a pirate."},
+            member_permissions=admin))
+        listing = await wait_done(await fake.invoke_slash_command("persona"))
+        await mention(fake, "ahoy")
+        await wait_bot_text(fake, channel(fake), "echo: ahoy")
+    assert denied.startswith("Only members who can manage messages")
+    assert denied_settings.startswith("Only members who can manage messages")
+    assert allowed == "This channel now uses the **writer** persona."
+    assert prompt_set == "Saved: set."
+    assert "uses the **writer** persona" in listing
+    saved = await history.channel_settings(key)
+    assert saved.persona == "writer" and saved.system_prompt == "You are a pirate."
+    assert backend.prompts[-1][0]["content"] == "You are a pirate."
+
+
+async def test_answers_unmentioned_only_in_its_own_threads(
+        fake: FakeDiscord, core: ConversationCore, settings: Settings,
+        backend: EchoBackend) -> None:
+    async with serving(fake, core, settings) as adapter:
+        own = await fake.create_thread(channel(fake), "bot's thread", owner=fake.bot_user)
+        other = await fake.create_thread(channel(fake), "people's thread", owner=alice(fake))
+        await fake.wait_for(lambda: adapter.client.get_channel(own.id)
+                            and adapter.client.get_channel(other.id))
+        await fake.send_user_message(other, alice(fake), "just people talking")
+        await fake.send_user_message(own, alice(fake), "no mention needed here")
+        await wait_bot_text(fake, own, "echo: no mention needed here")
+        await mention(fake, "now you're in", where=other)
+        await wait_bot_text(fake, other, "echo: now you're in")
+        await fake.send_user_message(other, alice(fake), "and a follow-up")
+        await wait_bot_text(fake, other, "echo: and a follow-up")
+    assert [m["content"] for m in bot_messages(fake, other)] == [
+        "echo: now you're in", "echo: and a follow-up"]
+    assert len(backend.prompts) == 3
 
 
 async def test_slash_help_and_status_answer_privately(

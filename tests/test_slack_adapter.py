@@ -461,6 +461,31 @@ async def test_ask_help_status_and_reset_permissions(
     assert empty.ack_payload == {"text": "Usage: /ask <question>"}
 
 
+async def test_persona_and_settings_are_admin_only(
+        core: ConversationCore, slack_settings: Settings, fake: FakeSlack) -> None:
+    key = ChannelKey("slack", CHANNEL)
+    async with running(core, slack_settings, fake):
+        await fake.send_slash_command("/persona", "support", CHANNEL, ALICE)
+        await fake.send_slash_command("/settings", "threads off", CHANNEL, ALICE)
+        await fake.wait_for(lambda: len(fake.responses(CHANNEL)) == 2)
+        unchanged = await core.history.channel_settings(key)
+        await fake.send_slash_command("/persona", "support", CHANNEL, BOSS)
+        await fake.wait_for(lambda: len(fake.responses(CHANNEL)) == 3)
+        await fake.send_slash_command("/settings", "threads off", CHANNEL, BOB)
+        await fake.wait_for(lambda: len(fake.responses(CHANNEL)) == 4)
+        await fake.send_slash_command("/persona", "", CHANNEL, ALICE)
+        await fake.wait_for(lambda: len(fake.responses(CHANNEL)) == 5)
+    texts = [r["body"]["text"] for r in fake.responses(CHANNEL)]
+    assert texts[0].startswith("Only members who can manage")
+    assert texts[1].startswith("Only members who can manage")
+    assert unchanged.persona is None and unchanged.thread_replies
+    assert "now uses the *support* persona" in texts[2]
+    assert texts[3] == "Saved: threads off."
+    assert "uses the *support* persona" in texts[4]
+    saved = await core.history.channel_settings(key)
+    assert saved.persona == "support" and not saved.thread_replies
+
+
 # ---------------------------------------------------------------------- formatting and size
 
 

@@ -394,6 +394,32 @@ class DiscordAdapter:
         async def status(interaction: Interaction) -> None:
             await self._track(self.run_command(interaction, "status"))
 
+        persona_choices = [app_commands.Choice(name=name, value=name)
+                           for name in list(self.core.personas)[:25]]
+
+        @tree.command(name="persona", description=describe("persona"))
+        @app_commands.describe(name="The persona to use here (leave empty to list them)")
+        @app_commands.choices(name=persona_choices)
+        async def persona(interaction: Interaction,
+                          name: app_commands.Choice[str] | None = None) -> None:
+            args = "" if name is None else name.value
+            await self._track(self.run_command(interaction, "persona", args))
+
+        @tree.command(name="settings", description=describe("settings"))
+        @app_commands.describe(setting="What to change (leave empty to show the settings)",
+                               value="on/off, or the system prompt text (or 'clear')")
+        @app_commands.choices(setting=[app_commands.Choice(name=n, value=n)
+                                       for n in ("threads", "enabled", "prompt")])
+        async def settings(interaction: Interaction,
+                           setting: app_commands.Choice[str] | None = None,
+                           value: str = "") -> None:
+            args = "" if setting is None else f"{setting.value} {value}".strip()
+            await self._track(self.run_command(interaction, "settings", args))
+
+        @tree.command(name="reindex", description=describe("reindex"))
+        async def reindex(interaction: Interaction) -> None:
+            await self._track(self.run_command(interaction, "reindex"))
+
     async def sync_commands(self) -> None:
         """Register the slash commands: in DISCORD_GUILD_ID at once, else globally (slower)."""
         tree = self.client.tree

@@ -166,6 +166,8 @@ def to_incoming(message: discord.Message, bot_user: discord.abc.User) -> Incomin
         addressed=is_direct or mentions_bot(message, bot_user.id),
         is_admin=not is_direct and member_is_admin(message.channel, message.author),
         is_direct=is_direct,
+        in_bot_thread=(isinstance(message.channel, discord.Thread)
+                       and message.channel.owner_id == bot_user.id),
         raw=message,
     )
 
