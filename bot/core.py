@@ -26,7 +26,7 @@ from bot.generation import GenerationRequest, SamplingParams
 from bot.history import ChannelSettings, HistoryStore
 from bot.knowledge import KnowledgeBase
 from bot.personas import DEFAULT_PERSONA, Persona, load_personas
-from bot.prompting import build_chat_prompt, knowledge_block
+from bot.prompting import build_chat_prompt, cut_at_speaker, knowledge_block
 from bot.summarize import summarize_lines
 from bot.types import ChannelKey, IncomingMessage, Prompt, Reply, Turn
 from bot.worker import GenerationHandle, GenerationService
@@ -176,21 +176,25 @@ class ConversationCore:
                 reply_tokens=sampling.max_new_tokens, reference=reference)
             handle = self.worker.submit(GenerationRequest(prompt, sampling))
             await self.history.add(msg.key, user_turn, message_id=msg.message_id)
-            answer = await self._stream(handle, on_progress)
+            speakers = {t.author for t in turns if t.role == "user"} | {msg.author_name}
+            answer = await self._stream(handle, on_progress, speakers)
             await self.history.add(msg.key, Turn("assistant", self.settings.bot_name, answer))
         if sources:
             answer += "\n\nSources: " + ", ".join(sources)
         return answer
 
-    async def _stream(self, handle: GenerationHandle,
-                      on_progress: ProgressCallback | None) -> str:
+    async def _stream(self, handle: GenerationHandle, on_progress: ProgressCallback | None,
+                      speakers: set[str]) -> str:
+        """Relay the reply as it grows, cut where the model starts writing as a person."""
         so_far = ""
         async for piece in handle:
             so_far += piece
-            if on_progress is not None and so_far.strip():
-                await on_progress(so_far)
+            shown = cut_at_speaker(so_far, speakers)
+            if on_progress is not None and shown.strip():
+                await on_progress(shown)
         completion = await handle.result()
-        text = completion.text.strip() or "(I had nothing to say to that.)"
+        text = cut_at_speaker(completion.text, speakers).strip()
+        text = text or "(I had nothing to say to that.)"
         if completion.stop_reason == "timeout":
             text += TIMEOUT_MARK
         elif completion.stop_reason == "shutdown":

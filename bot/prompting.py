@@ -145,3 +145,18 @@ def knowledge_block(counter: TokenCounter, passages: list[Passage],
     if not entries:
         return "", []
     return "\n\n".join([header, *entries]), sources
+
+
+def cut_at_speaker(text: str, speakers: set[str]) -> str:
+    """`text` up to the first line where the model writes as one of the chat's people.
+
+    Small models continue a group-chat transcript by inventing the next person's line
+    (``"\nada: ..."``); that must never be posted as if the person had said it.
+    """
+    cut = len(text)
+    for name in speakers:
+        for marker in (f"\n{name}:", f"\n{name} :"):
+            index = text.find(marker)
+            if 0 <= index < cut:
+                cut = index
+    return text[:cut]

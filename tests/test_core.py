@@ -203,3 +203,24 @@ async def test_a_long_message_under_the_limit_is_cut_to_fit(settings: Settings,
     prompt = backend.prompts[-1]
     assert backend.token_counter().count_prompt(prompt) <= 512 - settings.max_new_tokens
     assert prompt[-1]["content"].endswith("[…]")
+
+
+async def test_the_model_never_speaks_for_a_person(settings: Settings,
+                                                   history: HistoryStore) -> None:
+    class Impersonator(EchoBackend):
+        def generate(self, request, emit, should_stop):  # type: ignore[no-untyped-def]
+            for piece in ("Sure thing.", "\nada: thanks bot", "\nbob: me too"):
+                emit(piece)
+            return "Sure thing.\nada: thanks bot\nbob: me too"
+
+    seen: list[str] = []
+
+    async def progress(text: str) -> None:
+        seen.append(text)
+
+    async with ModelWorker(Impersonator) as worker:
+        core = ConversationCore(worker=worker, history=history, settings=settings)
+        reply = await core.handle(message("can you help?"), on_progress=progress)
+    assert reply is not None and reply.text == "Sure thing."
+    assert all("ada:" not in shown for shown in seen)
+    assert (await history.recent(KEY))[-1].text == "Sure thing."

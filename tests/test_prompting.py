@@ -84,3 +84,12 @@ def test_chunks_keep_order_and_fit(counter: HFTokenCounter) -> None:
     assert flat[50].endswith(TRUNCATION_MARK)
     for chunk in chunks:
         assert sum(counter.count_text(line) + 1 for line in chunk) <= 120
+
+
+def test_replies_are_cut_where_the_model_speaks_for_a_person() -> None:
+    from bot.prompting import cut_at_speaker
+
+    text = "You can return it within 45 days.\n\nada: How many days?\nBot: 45."
+    assert cut_at_speaker(text, {"ada", "bob"}) == "You can return it within 45 days.\n"
+    assert cut_at_speaker("ada: is mentioned first", {"ada"}) == "ada: is mentioned first"
+    assert cut_at_speaker("no speakers here", set()) == "no speakers here"
