@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import sys
 
@@ -17,6 +16,7 @@ from dotenv import load_dotenv
 from bot.app import hf_backend_factory, run_bot
 from bot.config import Settings
 from bot.errors import ConfigError, ModelLoadError
+from bot.log_setup import configure_logging
 from bot.model_source import resolve_model
 from bot.personas import load_personas
 
@@ -45,10 +45,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
-    logging.basicConfig(level=settings.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "urllib3", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    console = args.mode == "console" or not settings.platforms
+    # The console chat shares the terminal with the logs: keep them to warnings unless asked.
+    level = "WARNING" if console and "LOG_LEVEL" not in os.environ else settings.log_level
+    configure_logging(level, settings.log_format)
 
     if args.mode == "run" and not settings.platforms:
         print("No DISCORD_TOKEN or SLACK_BOT_TOKEN is set, so the bot runs as a console chat. "
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
     try:
         asyncio.run(run_bot(settings, hf_backend_factory(settings, source),
-                            console=args.mode == "console", channel=args.channel))
+                            console=console, channel=args.channel))
     except ModelLoadError as exc:
         print(f"Could not load the model: {exc}", file=sys.stderr)
         return EXIT_MODEL

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from bot.core import ConversationCore
 
 ProgressCallback = Callable[[str], Awaitable[None]]
+QueueCallback = Callable[[int], Awaitable[None]]
+"""Told how many requests are ahead when one has to wait (adapters show "queued: N ahead")."""
 TranscriptFetcher = Callable[[int], Awaitable[list[Turn]]]
 MAX_SUMMARY_MESSAGES = 500
 
@@ -31,6 +33,7 @@ class CommandContext:
     args: str
     on_progress: ProgressCallback | None = None
     fetch_transcript: TranscriptFetcher | None = None
+    on_queued: QueueCallback | None = None
 
 
 Handler = Callable[[CommandContext], Awaitable[str]]
@@ -47,7 +50,8 @@ class Command:
 
 
 async def ask(ctx: CommandContext) -> str:
-    return await ctx.core.chat(ctx.message, ctx.args, on_progress=ctx.on_progress)
+    return await ctx.core.chat(ctx.message, ctx.args, on_progress=ctx.on_progress,
+                               on_queued=ctx.on_queued)
 
 
 async def summarize(ctx: CommandContext) -> str:

@@ -46,6 +46,7 @@ class Settings:
     bot_name: str = "Assistant"
     system_prompt: str = DEFAULT_SYSTEM_PROMPT
     max_input_chars: int = 16_000
+    rate_limit_per_minute: int = 10
     summary_default_messages: int = 50
     history_db: Path = Path("data/history.sqlite3")
     history_max_messages: int = 200
@@ -54,6 +55,7 @@ class Settings:
     knowledge_db: Path = Path("data/knowledge.sqlite3")
     knowledge_passages: int = 1
     log_level: str = "INFO"
+    log_format: str = "text"
     discord_token: str | None = None
     discord_guild_id: str | None = None
     allowed_channels: frozenset[str] = frozenset()
@@ -118,6 +120,8 @@ class Settings:
             bot_name=reader.text("BOT_NAME", d.bot_name),
             system_prompt=reader.text("SYSTEM_PROMPT", d.system_prompt),
             max_input_chars=reader.number("MAX_INPUT_CHARS", int, d.max_input_chars, low=100),
+            rate_limit_per_minute=reader.number("RATE_LIMIT_PER_MINUTE", int,
+                                                d.rate_limit_per_minute, low=0, high=10_000),
             summary_default_messages=reader.number("SUMMARY_DEFAULT_MESSAGES", int,
                                                    d.summary_default_messages, low=1,
                                                    high=500),
@@ -130,6 +134,7 @@ class Settings:
             knowledge_passages=reader.number("KNOWLEDGE_PASSAGES", int, d.knowledge_passages,
                                              low=1, high=20),
             log_level=reader.choice("LOG_LEVEL", LOG_LEVELS, d.log_level, upper=True),
+            log_format=reader.choice("LOG_FORMAT", ("text", "json"), d.log_format),
             discord_token=reader.optional("DISCORD_TOKEN"),
             discord_guild_id=reader.snowflake("DISCORD_GUILD_ID"),
             allowed_channels=reader.id_list("ALLOWED_CHANNELS"),

@@ -9,24 +9,30 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import re
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Mapping
 
 from bot.commands import (
     COMMANDS,
     CommandContext,
     ProgressCallback,
+    QueueCallback,
     TranscriptFetcher,
 )
 from bot.config import Settings
-from bot.errors import GenerationError, UserError
+from bot.errors import BusyError, GenerationError, RateLimited, UserError
 from bot.generation import GenerationRequest, SamplingParams
 from bot.history import ChannelSettings, HistoryStore
 from bot.knowledge import KnowledgeBase
+from bot.metrics import BotMetrics
 from bot.personas import DEFAULT_PERSONA, Persona, load_personas
 from bot.prompting import build_chat_prompt, cut_at_speaker, knowledge_block
+from bot.rate_limit import RateLimiter
+from bot.request_context import new_request_id
+from bot.request_context import outcome as request_outcome
 from bot.summarize import summarize_lines
 from bot.types import ChannelKey, IncomingMessage, Prompt, Reply, Turn
 from bot.worker import GenerationHandle, GenerationService
@@ -38,6 +44,10 @@ EMPTY_PROMPT_HINT = "Hi! Ask me something, or type /help to see what I can do."
 TIMEOUT_MARK = "\n\n_(cut off: the answer took too long)_"
 SHUTDOWN_MARK = "\n\n_(cut off: the bot is restarting)_"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+
+
+class _Dropped(Exception):
+    """A request that went stale before generation started; it gets no reply."""
 
 
 def clean_text(text: str) -> str:
@@ -57,13 +67,18 @@ class ConversationCore:
 
     def __init__(self, *, worker: GenerationService, history: HistoryStore, settings: Settings,
                  personas: Mapping[str, Persona] | None = None,
-                 knowledge: KnowledgeBase | None = None,
+                 knowledge: KnowledgeBase | None = None, metrics: BotMetrics | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.worker = worker
         self.history = history
         self.settings = settings
         self.personas = dict(personas) if personas is not None else load_personas()
         self.knowledge = knowledge
+        self.metrics = metrics or BotMetrics()
+        self.metrics.watch_queue(lambda: self.worker.queue_depth)
+        self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, clock=clock)
+        self._latest: dict[tuple[ChannelKey, str], str] = {}
+        self._deleted: OrderedDict[tuple[ChannelKey, str], None] = OrderedDict()
         self._clock = clock
         self._started = clock()
         self._locks: defaultdict[ChannelKey, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -71,7 +86,8 @@ class ConversationCore:
                                        temperature=settings.temperature, top_p=settings.top_p)
 
     async def handle(self, msg: IncomingMessage, *, on_progress: ProgressCallback | None = None,
-                     fetch_transcript: TranscriptFetcher | None = None) -> Reply | None:
+                     fetch_transcript: TranscriptFetcher | None = None,
+                     on_queued: QueueCallback | None = None) -> Reply | None:
         """Answer `msg`, or record it as context and return None when not addressed.
 
         Never raises for a user's input: user errors come back as their message, anything
@@ -87,23 +103,73 @@ class ConversationCore:
                 return None
             if not msg.addressed and command is not None:
                 return None  # a stray "/word" in passing is not a command for the bot
+        except Exception:
+            log.exception("could not read the settings of %s", msg.key)
+            return Reply(msg.key, APOLOGY, reply_to=msg.message_id)
+        new_request_id(msg.key.platform)
+        log.info("request from %s in %s: %s", msg.author_id, msg.key,
+                 f"/{command}" if command else f"{len(text)} characters")
+        try:
+            self._check_rate(msg)
             if command is None:
-                answer = await self.chat(msg, text, on_progress=on_progress)
+                answer = await self.chat(msg, text, on_progress=on_progress,
+                                         on_queued=on_queued)
             else:
                 entry = COMMANDS.get(command)
                 if entry is None:
                     raise UserError(f"I don't know the command /{command}. Try /help.")
-                ctx = CommandContext(self, msg, args, on_progress, fetch_transcript)
+                request_outcome.set("command")
+                ctx = CommandContext(self, msg, args, on_progress, fetch_transcript, on_queued)
                 answer = await entry.handler(ctx)
+        except _Dropped as dropped:
+            log.info("dropped: %s", dropped)
+            self.metrics.count(msg.key.platform, "dropped")
+            return None
+        except BusyError as exc:
+            request_outcome.set("busy")
+            answer = str(exc)
+        except RateLimited as exc:
+            request_outcome.set("rate_limited")
+            answer = str(exc)
         except UserError as exc:
+            request_outcome.set("refused")
             answer = str(exc)
         except GenerationError:
             log.warning("generation failed for %s", msg.key, exc_info=True)
+            request_outcome.set("error")
             answer = APOLOGY
         except Exception:
             log.exception("unexpected error while handling a message in %s", msg.key)
+            request_outcome.set("error")
             answer = APOLOGY
+        self.metrics.count(msg.key.platform, request_outcome.get())
+        log.info("reply: %s, %d characters", request_outcome.get(), len(answer))
         return Reply(msg.key, answer, reply_to=msg.message_id)
+
+    def message_deleted(self, key: ChannelKey, message_id: str) -> None:
+        """An adapter saw a message deleted: a request for it that has not started is dropped."""
+        self._deleted[(key, message_id)] = None
+        while len(self._deleted) > 10_000:
+            self._deleted.popitem(last=False)
+
+    def _check_rate(self, msg: IncomingMessage) -> None:
+        if msg.is_admin:
+            return  # admins are exempt, so they can always reach /reset and /settings
+        wait = self.rate_limiter.retry_after((msg.key.platform, msg.author_id))
+        if wait > 0:
+            raise RateLimited(
+                f"You're sending requests faster than I can answer (at most "
+                f"{self.rate_limiter.per_minute} a minute). Please try again in "
+                f"{max(1, math.ceil(wait))} s.")
+
+    def _check_stale(self, msg: IncomingMessage) -> None:
+        """Raise `_Dropped` if the message was deleted or its author has sent a newer one."""
+        author = (msg.key, msg.author_id)
+        if (msg.key, msg.message_id) in self._deleted:
+            raise _Dropped(f"message {msg.message_id} was deleted before generation started")
+        latest = self._latest.get(author)
+        if latest is not None and latest != msg.message_id:
+            raise _Dropped(f"{msg.author_id} sent a newer message in {msg.key}")
 
     async def _continues_bot_thread(self, msg: IncomingMessage, text: str,
                                     channel: ChannelSettings) -> bool:
@@ -146,7 +212,8 @@ class ConversationCore:
         return None, text
 
     async def chat(self, msg: IncomingMessage, text: str, *,
-                   on_progress: ProgressCallback | None = None) -> str:
+                   on_progress: ProgressCallback | None = None,
+                   on_queued: QueueCallback | None = None) -> str:
         """Answer `text` from `msg`'s author with the channel's history as context."""
         text = clean_text(text)
         if not text:
@@ -167,18 +234,26 @@ class ConversationCore:
             reference, sources = await asyncio.to_thread(
                 knowledge_block, self.worker.token_counter, passages,
                 (context_tokens - sampling.max_new_tokens) // 2)
+        author = (msg.key, msg.author_id)
+        self._latest[author] = msg.message_id
         async with self._locks[msg.key]:
+            self._check_stale(msg)
             turns = await self.history.recent(msg.key)
             user_turn = Turn("user", msg.author_name, text)
             prompt = await asyncio.to_thread(
                 build_chat_prompt, self.worker.token_counter, system=system, history=turns,
                 message=user_turn, context_tokens=context_tokens,
                 reply_tokens=sampling.max_new_tokens, reference=reference)
+            ahead = self.worker.queue_depth
+            if ahead and on_queued is not None:
+                await on_queued(ahead)
             handle = self.worker.submit(GenerationRequest(prompt, sampling))
             await self.history.add(msg.key, user_turn, message_id=msg.message_id)
             speakers = {t.author for t in turns if t.role == "user"} | {msg.author_name}
             answer = await self._stream(handle, on_progress, speakers)
             await self.history.add(msg.key, Turn("assistant", self.settings.bot_name, answer))
+            if self._latest.get(author) == msg.message_id:
+                del self._latest[author]
         if sources:
             answer += "\n\nSources: " + ", ".join(sources)
         return answer
@@ -187,15 +262,25 @@ class ConversationCore:
                       speakers: set[str]) -> str:
         """Relay the reply as it grows, cut where the model starts writing as a person."""
         so_far = ""
+        started = time.monotonic()
+        first: float | None = None
         async for piece in handle:
+            if first is None:
+                first = time.monotonic() - started
             so_far += piece
             shown = cut_at_speaker(so_far, speakers)
             if on_progress is not None and shown.strip():
                 await on_progress(shown)
         completion = await handle.result()
+        total = time.monotonic() - started
+        tokens = await asyncio.to_thread(self.worker.token_counter.count_text, completion.text)
+        self.metrics.observe_generation(first_token=first, total=total, tokens=tokens)
+        log.info("generated %d tokens in %.2f s (first after %s s), %s", tokens, total,
+                 "-" if first is None else f"{first:.2f}", completion.stop_reason)
         text = cut_at_speaker(completion.text, speakers).strip()
         text = text or "(I had nothing to say to that.)"
         if completion.stop_reason == "timeout":
+            request_outcome.set("timeout")
             text += TIMEOUT_MARK
         elif completion.stop_reason == "shutdown":
             text += SHUTDOWN_MARK
@@ -216,10 +301,11 @@ class ConversationCore:
         lines = [f"{t.author}: {clean_text(t.text)}" for t in turns[-count:] if t.text.strip()]
         if not lines:
             raise UserError("There is nothing to summarise here yet.")
-        summary = await summarize_lines(
-            lines, complete=self.complete, counter=self.worker.token_counter,
-            context_tokens=self.worker.info.context_tokens,
-            reply_tokens=self.sampling.max_new_tokens)
+        async with self._locks[key]:  # one model job per channel keeps channels fair
+            summary = await summarize_lines(
+                lines, complete=self.complete, counter=self.worker.token_counter,
+                context_tokens=self.worker.info.context_tokens,
+                reply_tokens=self.sampling.max_new_tokens)
         noun = "message" if len(lines) == 1 else "messages"
         return f"Summary of the last {len(lines)} {noun}:\n{summary}"
 

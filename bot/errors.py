@@ -5,7 +5,8 @@
     BotError
     ├── ConfigError        a setting is wrong; start-up stops with one line naming it
     ├── UserError          shown to the user verbatim (bad arguments, message too long)
-    │   └── BusyError      the model queue is full; try again in a moment
+    │   ├── BusyError      the model queue is full; try again in a moment
+    │   └── RateLimited    this user sent too many requests; try again in N seconds
     ├── ModelLoadError     the model could not be loaded; start-up stops
     └── GenerationError    the model failed on one request; the user gets a short apology
 
@@ -41,6 +42,10 @@ class BusyError(UserError):
     def __init__(self, message: str = "I'm busy with other requests right now; "
                  "please try again in a moment.") -> None:
         super().__init__(message)
+
+
+class RateLimited(UserError):
+    """The user is over the per-user rate limit."""
 
 
 class ModelLoadError(BotError):

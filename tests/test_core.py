@@ -159,11 +159,74 @@ async def test_model_error_apologises_and_history_stays_intact(
 
 async def test_generations_in_one_channel_are_serialised(core: ConversationCore,
                                                          history: HistoryStore) -> None:
-    replies = await asyncio.gather(*(core.handle(message(f"q{i}", message_id=f"m{i}"))
+    replies = await asyncio.gather(*(core.handle(message(f"q{i}", message_id=f"m{i}",
+                                                         author=f"user{i}"))
                                      for i in range(5)))
     assert [r.text for r in replies if r] == [f"echo: q{i}" for i in range(5)]
     texts = [t.text for t in await history.recent(KEY)]
     assert texts == [x for i in range(5) for x in (f"q{i}", f"echo: q{i}")]
+
+
+async def test_older_waiting_messages_of_the_same_user_are_dropped(
+        settings: Settings, history: HistoryStore) -> None:
+    backend = GatedBackend()
+    async with ModelWorker(lambda: backend) as worker:
+        core = ConversationCore(worker=worker, history=history, settings=settings)
+        first = asyncio.create_task(core.handle(message("first", message_id="m1")))
+        await asyncio.to_thread(backend.started.wait, 5)
+        waiting = [asyncio.create_task(core.handle(message(f"retry {i}", message_id=f"r{i}")))
+                   for i in range(3)]
+        deleted = asyncio.create_task(core.handle(message("oops", author="bob",
+                                                          message_id="b1")))
+        while (core._latest.get((KEY, "id-ada")) != "r2"
+               or (KEY, "id-bob") not in core._latest):  # all of them are waiting now
+            await asyncio.sleep(0.01)
+        core.message_deleted(KEY, "b1")
+        backend.gate.set()
+        results = await asyncio.gather(first, *waiting, deleted)
+    texts = [r.text if r else None for r in results]
+    assert texts == ["echo: first", None, None, "echo: retry 2", None]
+    assert [t.text for t in await history.recent(KEY)] == [
+        "first", "echo: first", "retry 2", "echo: retry 2"]
+    sample = core.metrics.registry.get_sample_value
+    assert sample("bot_requests_total", {"platform": "discord", "outcome": "dropped"}) == 3
+
+
+async def test_rate_limit_per_user_with_admins_exempt(settings: Settings,
+                                                      history: HistoryStore) -> None:
+    now = [0.0]
+    async with ModelWorker(EchoBackend) as worker:
+        core = ConversationCore(worker=worker, history=history, clock=lambda: now[0],
+                                settings=with_settings(settings, rate_limit_per_minute=2))
+        first = [await core.handle(message(f"m{i}", message_id=f"m{i}")) for i in range(2)]
+        now[0] = 20.0
+        limited = await core.handle(message("too many", message_id="m3"))
+        other_user = await core.handle(message("hi", author="bob", message_id="b1"))
+        admin = await core.handle(message("/status", admin=True, message_id="a1"))
+        now[0] = 60.5
+        again = await core.handle(message("later", message_id="m4"))
+    assert all(r and r.text.startswith("echo:") for r in first)
+    assert limited is not None
+    assert limited.text == ("You're sending requests faster than I can answer (at most 2 a "
+                            "minute). Please try again in 40 s.")
+    assert other_user is not None and other_user.text == "echo: hi"
+    assert admin is not None and admin.text.startswith("Model:")
+    assert again is not None and again.text == "echo: later"
+    assert "too many" not in [t.text for t in await history.recent(KEY)]
+
+
+async def test_metrics_count_outcomes_and_timings(core: ConversationCore) -> None:
+    await core.handle(message("hello"))
+    await core.handle(message("/help"))
+    await core.handle(message("x" * 100_000, message_id="big"))
+    sample = core.metrics.registry.get_sample_value
+    for outcome, expected in (("answered", 1), ("command", 1), ("refused", 1)):
+        assert sample("bot_requests_total",
+                      {"platform": "discord", "outcome": outcome}) == expected
+    assert sample("bot_generation_seconds_count") == 1
+    assert sample("bot_time_to_first_token_seconds_count") == 1
+    assert sample("bot_generated_tokens_total") == 2  # "echo: hello" is 2 words here
+    assert sample("bot_queue_depth") == 0
 
 
 @pytest.mark.parametrize("text", ["", "   ", "\x00\x01\x07", "\u200b\u200b"])
@@ -224,3 +287,29 @@ async def test_the_model_never_speaks_for_a_person(settings: Settings,
     assert reply is not None and reply.text == "Sure thing."
     assert all("ada:" not in shown for shown in seen)
     assert (await history.recent(KEY))[-1].text == "Sure thing."
+
+
+async def test_a_busy_channel_cannot_starve_a_quiet_one(settings: Settings,
+                                                        history: HistoryStore) -> None:
+    backend = GatedBackend()
+    busy, quiet = ChannelKey("discord", "busy"), ChannelKey("discord", "quiet")
+    positions: list[int] = []
+
+    async def queued(ahead: int) -> None:
+        positions.append(ahead)
+
+    async with ModelWorker(lambda: backend, max_pending=8) as worker:
+        core = ConversationCore(worker=worker, history=history, settings=settings)
+        flood = [asyncio.create_task(core.handle(message(f"busy {i}", key=busy,
+                                                         author=f"u{i}")))
+                 for i in range(4)]
+        await asyncio.to_thread(backend.started.wait, 5)
+        late = asyncio.create_task(core.handle(message("quiet one", key=quiet),
+                                               on_queued=queued))
+        while worker.queue_depth < 2:  # the quiet request is queued behind "busy 0"
+            await asyncio.sleep(0.01)
+        backend.gate.set()
+        await asyncio.gather(*flood, late)
+    order = [p[-1]["content"].split(": ", 1)[1] for p in backend.prompts]
+    assert order.index("quiet one") == 1  # behind one request of the busy channel, not four
+    assert positions == [1]
