@@ -84,6 +84,10 @@ async def run_bot(settings: Settings, make_backend: Callable[[], Backend], *,
                 stats = await knowledge.reindex()
                 print(f"Knowledge base {settings.knowledge_dir}: {stats.documents} documents, "
                       f"{stats.passages} passages.", file=sys.stderr, flush=True)
+            if settings.history_retention_days:
+                retention = asyncio.create_task(
+                    keep_retention(history, settings.history_retention_days))
+                stack.callback(retention.cancel)
             core = ConversationCore(worker=worker, history=history, settings=settings,
                                     personas=personas, knowledge=knowledge)
             adapters: list[Adapter]
@@ -92,6 +96,19 @@ async def run_bot(settings: Settings, make_backend: Callable[[], Backend], *,
             else:
                 adapters = platform_adapters(core, settings)
             await _serve(adapters)
+
+
+async def keep_retention(history: HistoryStore, days: float, *,
+                         every: float = 3600.0) -> None:
+    """Delete turns older than `days` now and then every `every` seconds, until cancelled."""
+    while True:
+        try:
+            deleted = await history.prune(days)
+            if deleted:
+                log.info("retention: deleted %d messages older than %g days", deleted, days)
+        except Exception:
+            log.exception("retention pruning failed; trying again later")
+        await asyncio.sleep(every)
 
 
 async def _serve(adapters: list[Adapter]) -> None:

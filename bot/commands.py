@@ -72,6 +72,13 @@ async def reset(ctx: CommandContext) -> str:
     return f"Done: I forgot this conversation ({deleted} messages)."
 
 
+async def forget(ctx: CommandContext) -> str:
+    require_admin(ctx, "erase this channel's stored messages")
+    deleted = await ctx.core.history.forget_channel(ctx.message.key)
+    return (f"Erased for good: {deleted} stored messages of this channel and its threads, "
+            "and its settings.")
+
+
 async def help_(ctx: CommandContext) -> str:
     lines = [f"I'm {ctx.core.settings.bot_name}. Mention me (or DM me) to chat; I remember "
              "this conversation. Commands:"]
@@ -179,6 +186,9 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             f"summarise the last messages here (default 50, at most {MAX_SUMMARY_MESSAGES})",
             summarize),
     Command("reset", "reset", "forget this conversation (admins, or anyone in a DM)", reset),
+    Command("forget", "forget",
+            "erase everything stored for this channel and its threads, for good (admins)",
+            forget),
     Command("persona", "persona [name]", "show or (admins) change this channel's persona",
             persona),
     Command("settings", "settings [name value]",

@@ -50,6 +50,7 @@ class Settings:
     summary_default_messages: int = 50
     history_db: Path = Path("data/history.sqlite3")
     history_max_messages: int = 200
+    history_retention_days: float = 0.0
     personas_dir: Path = Path("personas")
     knowledge_dir: Path = Path("knowledge")
     knowledge_db: Path = Path("data/knowledge.sqlite3")
@@ -128,6 +129,8 @@ class Settings:
             history_db=Path(reader.text("HISTORY_DB", str(d.history_db))),
             history_max_messages=reader.number("HISTORY_MAX_MESSAGES", int,
                                                d.history_max_messages, low=2),
+            history_retention_days=reader.number("HISTORY_RETENTION_DAYS", float,
+                                                 d.history_retention_days, low=0.0),
             personas_dir=Path(reader.text("PERSONAS_DIR", str(d.personas_dir))),
             knowledge_dir=Path(reader.text("KNOWLEDGE_DIR", str(d.knowledge_dir))),
             knowledge_db=Path(reader.text("KNOWLEDGE_DB", str(d.knowledge_db))),

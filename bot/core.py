@@ -323,7 +323,10 @@ class ConversationCore:
             f"Queue: {self.worker.queue_depth} request(s) in progress or waiting "
             f"(limit {self.settings.max_queue})",
             f"Persona here: {persona.name}",
-            f"History: {stats.turns} messages in {stats.channels} conversation(s)",
+            f"Stored: {await self.history.count(key)} messages in this conversation, "
+            f"{stats.turns} in {stats.channels} conversation(s) in all; "
+            + (f"kept {self.settings.history_retention_days:g} days"
+               if self.settings.history_retention_days else "kept until /reset or /forget"),
         ]
         if self.knowledge is not None:
             kb = await self.knowledge.stats()

@@ -110,6 +110,19 @@ class HistoryStore:
     async def stats(self) -> HistoryStats:
         return await self._run(self._stats)
 
+    async def forget_channel(self, key: ChannelKey) -> int:
+        """Delete everything stored for `key`'s channel (all its threads, its settings), for
+        good: deleted rows are overwritten and the WAL is checkpointed. Returns turns deleted."""
+        return await self._run(self._forget_channel, key)
+
+    async def prune(self, older_than_days: float) -> int:
+        """Delete turns older than the retention period; returns how many."""
+        return await self._run(self._prune, time.time() - older_than_days * 86_400)
+
+    async def count(self, key: ChannelKey) -> int:
+        """Turns stored for this conversation."""
+        return await self._run(self._count, key)
+
     async def has_assistant_turn(self, key: ChannelKey) -> bool:
         """Whether the bot has spoken in this conversation (a thread it is part of)."""
         return await self._run(self._has_assistant_turn, key)
@@ -182,3 +195,28 @@ class HistoryStore:
             " system_prompt, thread_replies, enabled, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
             (key.platform, key.channel_id, settings.persona, settings.system_prompt,
              int(settings.thread_replies), int(settings.enabled), time.time()))
+
+    def _forget_channel(self, key: ChannelKey) -> int:
+        db = self._conn()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            deleted = db.execute("DELETE FROM turns WHERE platform = ? AND channel_id = ?",
+                                 (key.platform, key.channel_id)).rowcount
+            db.execute("DELETE FROM channel_settings WHERE platform = ? AND channel_id = ?",
+                       (key.platform, key.channel_id))
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
+
+    def _prune(self, cutoff: float) -> int:
+        db = self._conn()
+        with db:
+            deleted = db.execute("DELETE FROM turns WHERE created_at < ?", (cutoff,)).rowcount
+        if deleted:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
+
+    def _count(self, key: ChannelKey) -> int:
+        row = self._conn().execute(
+            "SELECT COUNT(*) FROM turns WHERE platform = ? AND channel_id = ? AND thread_id = ?",
+            (key.platform, key.channel_id, key.thread_id or "")).fetchone()
+        return int(row[0])

@@ -58,6 +58,7 @@ class SQLiteRunner:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("PRAGMA busy_timeout=5000")
+        db.execute("PRAGMA secure_delete=ON")  # deleted history is overwritten, not left behind
         db.executescript(self._schema)
         self._db = db
 

@@ -83,7 +83,8 @@ async def test_commands_help_status_reset(core: ConversationCore,
     status = await core.handle(message("", command="status"))
     assert status is not None
     assert "Model: fake on cpu" in status.text and "Queue: 0" in status.text
-    assert "History: 2 messages in 1 conversation" in status.text
+    assert "Stored: 2 messages in this conversation, 2 in 1 conversation(s) in all; kept " \
+        "until /reset or /forget" in status.text
     denied = await core.handle(message("/reset"))
     assert denied is not None and "Only members who can manage" in denied.text
     assert len(await history.recent(KEY)) == 2
@@ -313,3 +314,13 @@ async def test_a_busy_channel_cannot_starve_a_quiet_one(settings: Settings,
     order = [p[-1]["content"].split(": ", 1)[1] for p in backend.prompts]
     assert order.index("quiet one") == 1  # behind one request of the busy channel, not four
     assert positions == [1]
+
+
+async def test_forget_is_admin_only_and_erases_the_channel(core: ConversationCore,
+                                                           history: HistoryStore) -> None:
+    await core.handle(message("remember this"))
+    denied = await core.handle(message("/forget"))
+    assert denied is not None and denied.text.startswith("Only members who can manage")
+    done = await core.handle(message("/forget", admin=True))
+    assert done is not None and done.text.startswith("Erased for good: 2 stored messages")
+    assert await history.recent(KEY) == []
