@@ -48,7 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     console = args.mode == "console" or not settings.platforms
     # The console chat shares the terminal with the logs: keep them to warnings unless asked.
     level = "WARNING" if console and "LOG_LEVEL" not in os.environ else settings.log_level
-    configure_logging(level, settings.log_format)
+    configure_logging(level, settings.log_format,
+                      secrets=(settings.discord_token, settings.slack_bot_token,
+                               settings.slack_app_token, settings.slack_signing_secret))
 
     if args.mode == "run" and not settings.platforms:
         print("No DISCORD_TOKEN or SLACK_BOT_TOKEN is set, so the bot runs as a console chat. "

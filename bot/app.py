@@ -22,6 +22,7 @@ from bot.generation import Backend
 from bot.history import HistoryStore
 from bot.knowledge import KnowledgeBase
 from bot.model_source import ModelSource
+from bot.ops import OpsServer
 from bot.personas import load_personas
 from bot.worker import ModelWorker
 
@@ -61,9 +62,10 @@ async def run_bot(settings: Settings, make_backend: Callable[[], Backend], *,
     """Load the model, open history, and serve the adapters until they end or a signal.
 
     With `console` (or no platform token) the console chat runs; it ends at end of input.
+    With `settings.ops_port` the health and metrics endpoint serves alongside, until then.
 
     Raises:
-        ConfigError: a persona file is malformed.
+        ConfigError: a persona file is malformed, or OPS_PORT is taken.
         ModelLoadError: the model could not be loaded.
     """
     personas = load_personas(settings.personas_dir)
@@ -95,6 +97,9 @@ async def run_bot(settings: Settings, make_backend: Callable[[], Backend], *,
                 adapters = [ConsoleAdapter(core, stdin=stdin, stdout=stdout, channel=channel)]
             else:
                 adapters = platform_adapters(core, settings)
+            if settings.ops_port:
+                await stack.enter_async_context(
+                    OpsServer(core, adapters, host=settings.ops_host, port=settings.ops_port))
             await _serve(adapters)
 
 

@@ -64,6 +64,8 @@ class Settings:
     slack_app_token: str | None = None
     slack_signing_secret: str | None = None
     port: int = 3000
+    ops_host: str = "0.0.0.0"
+    ops_port: int = 0
 
     @property
     def system_prompt_text(self) -> str:
@@ -145,6 +147,8 @@ class Settings:
             slack_app_token=reader.optional("SLACK_APP_TOKEN"),
             slack_signing_secret=reader.optional("SLACK_SIGNING_SECRET"),
             port=reader.number("PORT", int, d.port, low=1, high=65535),
+            ops_host=reader.text("OPS_HOST", d.ops_host),
+            ops_port=reader.number("OPS_PORT", int, d.ops_port, low=0, high=65535),
         )
         if settings.slack_bot_token and not (settings.slack_app_token
                                              or settings.slack_signing_secret):

@@ -79,6 +79,7 @@ class ConversationCore:
         self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, clock=clock)
         self._latest: dict[tuple[ChannelKey, str], str] = {}
         self._deleted: OrderedDict[tuple[ChannelKey, str], None] = OrderedDict()
+        self._inflight: dict[tuple[ChannelKey, str], GenerationHandle] = {}
         self._clock = clock
         self._started = clock()
         self._locks: defaultdict[ChannelKey, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -147,10 +148,13 @@ class ConversationCore:
         return Reply(msg.key, answer, reply_to=msg.message_id)
 
     def message_deleted(self, key: ChannelKey, message_id: str) -> None:
-        """An adapter saw a message deleted: a request for it that has not started is dropped."""
+        """An adapter saw a message deleted: a request for it is dropped, not answered."""
         self._deleted[(key, message_id)] = None
         while len(self._deleted) > 10_000:
             self._deleted.popitem(last=False)
+        handle = self._inflight.get((key, message_id))
+        if handle is not None:
+            handle.cancel()  # queued: skipped; generating: stopped between tokens
 
     def _check_rate(self, msg: IncomingMessage) -> None:
         if msg.is_admin:
@@ -245,12 +249,23 @@ class ConversationCore:
                 message=user_turn, context_tokens=context_tokens,
                 reply_tokens=sampling.max_new_tokens, reference=reference)
             ahead = self.worker.queue_depth
-            if ahead and on_queued is not None:
-                await on_queued(ahead)
             handle = self.worker.submit(GenerationRequest(prompt, sampling))
-            await self.history.add(msg.key, user_turn, message_id=msg.message_id)
-            speakers = {t.author for t in turns if t.role == "user"} | {msg.author_name}
-            answer = await self._stream(handle, on_progress, speakers)
+            pending = (msg.key, msg.message_id)
+            self._inflight[pending] = handle
+            try:
+                if ahead and on_queued is not None:
+                    await on_queued(ahead)
+                await self.history.add(msg.key, user_turn, message_id=msg.message_id)
+                speakers = {t.author for t in turns if t.role == "user"} | {msg.author_name}
+                answer = await self._stream(handle, on_progress, speakers)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not handle.cancelled or (task is not None and task.cancelling()):
+                    raise
+                await self.history.delete_message(msg.key, msg.message_id)
+                raise _Dropped(f"message {msg.message_id} was deleted while queued") from None
+            finally:
+                self._inflight.pop(pending, None)
             await self.history.add(msg.key, Turn("assistant", self.settings.bot_name, answer))
             if self._latest.get(author) == msg.message_id:
                 del self._latest[author]

@@ -115,6 +115,10 @@ class HistoryStore:
         good: deleted rows are overwritten and the WAL is checkpointed. Returns turns deleted."""
         return await self._run(self._forget_channel, key)
 
+    async def delete_message(self, key: ChannelKey, message_id: str) -> int:
+        """Delete the turn of one platform message (the user deleted it)."""
+        return await self._run(self._delete_message, key, message_id)
+
     async def prune(self, older_than_days: float) -> int:
         """Delete turns older than the retention period; returns how many."""
         return await self._run(self._prune, time.time() - older_than_days * 86_400)
@@ -220,3 +224,11 @@ class HistoryStore:
             "SELECT COUNT(*) FROM turns WHERE platform = ? AND channel_id = ? AND thread_id = ?",
             (key.platform, key.channel_id, key.thread_id or "")).fetchone()
         return int(row[0])
+
+    def _delete_message(self, key: ChannelKey, message_id: str) -> int:
+        db = self._conn()
+        with db:
+            return db.execute(
+                "DELETE FROM turns WHERE platform = ? AND channel_id = ? AND thread_id = ?"
+                " AND message_id = ?",
+                (key.platform, key.channel_id, key.thread_id or "", message_id)).rowcount

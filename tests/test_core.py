@@ -324,3 +324,22 @@ async def test_forget_is_admin_only_and_erases_the_channel(core: ConversationCor
     done = await core.handle(message("/forget", admin=True))
     assert done is not None and done.text.startswith("Erased for good: 2 stored messages")
     assert await history.recent(KEY) == []
+
+
+async def test_a_message_deleted_while_queued_is_not_answered(settings: Settings,
+                                                              history: HistoryStore) -> None:
+    backend = GatedBackend()
+    other = ChannelKey("discord", "other")
+    async with ModelWorker(lambda: backend, max_pending=8) as worker:
+        core = ConversationCore(worker=worker, history=history, settings=settings)
+        first = asyncio.create_task(core.handle(message("busy here", key=other)))
+        await asyncio.to_thread(backend.started.wait, 5)
+        queued = asyncio.create_task(core.handle(message("delete me", message_id="gone")))
+        while (KEY, "gone") not in core._inflight:  # queued behind the other channel's job
+            await asyncio.sleep(0.01)
+        core.message_deleted(KEY, "gone")
+        backend.gate.set()
+        assert await queued is None
+        assert (await first) is not None
+    assert await history.recent(KEY) == []
+    assert [p[-1]["content"] for p in backend.prompts] == ["ada: busy here"]

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import logging
+import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -21,10 +22,16 @@ import discord
 import pytest
 
 from bot.adapters.base import EditThrottle
-from bot.adapters.discord_adapter import INTENT_HELP, NOT_HERE, DiscordAdapter, LiveReply
+from bot.adapters.discord_adapter import (
+    INTENT_HELP,
+    NOT_HERE,
+    RESTARTING,
+    DiscordAdapter,
+    LiveReply,
+)
 from bot.adapters.discord_text import safe_mentions
 from bot.config import Settings
-from bot.core import APOLOGY, ConversationCore
+from bot.core import APOLOGY, SHUTDOWN_MARK, ConversationCore
 from bot.generation import GenerationRequest
 from bot.history import HistoryStore
 from bot.types import ChannelKey, IncomingMessage, Reply, Turn
@@ -129,6 +136,15 @@ async def wait_bot_text(fake: FakeDiscord, where: Any, text: str,
     result = await fake.wait_for(found, timeout, message=f"bot never said {text!r}")
     assert result is not None
     return result
+
+
+async def settled(fake: FakeDiscord, adapter: DiscordAdapter) -> None:
+    """Wait until no answer is in progress.
+
+    Why: the last streaming edit can already show the whole answer while the core is still
+    writing it to history; a follow-up that depends on that history must wait for this.
+    """
+    await fake.wait_for(lambda: not adapter._tasks, message="an answer never finished")
 
 
 async def wait_done(handle: InteractionHandle, text: str | None = None,
@@ -237,12 +253,13 @@ async def test_an_answer_to_an_unaddressed_message_is_posted_without_typing(
 async def test_dm_is_answered_without_mention_with_its_own_history(
         fake: FakeDiscord, core: ConversationCore, settings: Settings,
         backend: EchoBackend, history: HistoryStore) -> None:
-    async with serving(fake, core, settings):
+    async with serving(fake, core, settings) as adapter:
         await mention(fake, "channel secret")
         await wait_bot_text(fake, channel(fake), "echo: channel secret")
         asked = await fake.send_dm(alice(fake), "hello in private")
         dm = await fake.create_dm_channel(alice(fake))
         reply = await wait_bot_text(fake, dm, "echo: hello in private")
+        await settled(fake, adapter)
         # Anyone may reset their own DM conversation.
         await fake.send_dm(alice(fake), "/reset")
         await wait_bot_text(fake, dm, "Done: I forgot this conversation (2 messages).")
@@ -522,6 +539,7 @@ async def test_answers_unmentioned_only_in_its_own_threads(
         await wait_bot_text(fake, own, "echo: no mention needed here")
         await mention(fake, "now you're in", where=other)
         await wait_bot_text(fake, other, "echo: now you're in")
+        await settled(fake, adapter)  # the bot's turn is in history: it takes part now
         await fake.send_user_message(other, alice(fake), "and a follow-up")
         await wait_bot_text(fake, other, "echo: and a follow-up")
     assert [m["content"] for m in bot_messages(fake, other)] == [
@@ -560,8 +578,9 @@ async def test_busy_queue_answers_briefly(
         await mention(fake, "second", where=second)  # waits in the queue
         await fake.wait_for(lambda: core.worker.queue_depth == 2)
         await mention(fake, "third", where=third)
-        busy = await fake.wait_for(lambda: bot_messages(fake, third))
-        assert busy[0]["content"].startswith("I'm busy")
+        # (It may show "Queued: 2 ahead of you…" for a moment: the queue is checked after.)
+        await fake.wait_for(lambda: [m for m in bot_messages(fake, third)
+                                     if m["content"].startswith("I'm busy")])
         backend.gate.set()
         await wait_bot_text(fake, channel(fake), "echo: first")
         await wait_bot_text(fake, second, "echo: second")
@@ -676,11 +695,15 @@ async def test_stop_cancels_answers_that_outlive_the_grace_period(
     async with make_core(backend, settings, history) as core, serving(fake, core, settings) \
             as adapter:
         adapter.shutdown_grace = 0.05
-        await mention(fake, "a slow question")
+        asked = await mention(fake, "a slow question")
         await asyncio.to_thread(backend.started.wait, 5)
         await fake.wait_for(lambda: adapter._tasks)
     assert not adapter._tasks
     assert "cancelled 1 Discord answer" in caplog.text
+    # Nothing was posted yet ("typing" only): the asker is told instead of left waiting.
+    (told,) = bot_messages(fake, channel(fake))
+    assert told["content"] == RESTARTING
+    assert told["message_reference"]["message_id"] == asked["id"]
 
 
 async def test_send_posts_a_core_reply_safely(
@@ -772,3 +795,106 @@ async def test_live_reply_gives_up_after_forbidden() -> None:
     await reply.progress("a b")
     await reply.finish("a b c")
     assert calls == ["a"] and reply.failed
+
+
+# ---------------------------------------------------------------------------- queue, stale, stop
+
+
+class StallingBackend(EchoBackend):
+    """Writes half an answer, then stalls until the worker stops it: an answer that is still
+    being written when the bot shuts down."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stalled = threading.Event()
+
+    def generate(self, request: GenerationRequest, emit: Callable[[str], None],
+                 should_stop: Callable[[], bool]) -> str:
+        self.prompts.append(request.prompt)
+        emit("half of")
+        emit(" an answer")
+        self.stalled.set()
+        while not should_stop():
+            self.stalled.wait(0.01)
+        return "half of an answer"
+
+
+async def test_waiting_requests_show_their_place_in_the_queue(
+        fake: FakeDiscord, settings: Settings, history: HistoryStore) -> None:
+    assert fake.default_guild is not None
+    backend = GatedBackend()
+    async with make_core(backend, settings, history) as core, serving(fake, core, settings):
+        second = await fake.create_channel(fake.default_guild, "second")
+        third = await fake.create_channel(fake.default_guild, "third")
+        await mention(fake, "first")
+        await asyncio.to_thread(backend.started.wait, 5)
+        await mention(fake, "second", where=second)
+        queued = await wait_bot_text(fake, second, "Queued: 1 ahead of you…")
+        handle = await fake.invoke_slash_command("ask", {"prompt": "third"}, third)
+        await wait_done(handle, "> third\nQueued: 2 ahead of you…")
+        backend.gate.set()
+        answer = await wait_bot_text(fake, second, "echo: second")
+        await wait_done(handle, "> third\necho: third")
+        await wait_bot_text(fake, channel(fake), "echo: first")
+    assert answer["id"] == queued["id"], "the queue line grew into the answer"
+    assert len(bot_messages(fake, second)) == 1
+    assert int(queued["message_reference"]["message_id"]) > 0  # a reply to the question
+    assert_safe_writes(fake, alice(fake))
+
+
+async def test_a_mention_deleted_before_its_turn_is_never_answered(
+        fake: FakeDiscord, settings: Settings, history: HistoryStore,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = GatedBackend()
+    bob = fake.create_user("bob")
+    deleted: list[tuple[ChannelKey, str]] = []
+    async with make_core(backend, settings, history) as core, \
+            serving(fake, core, settings) as adapter:
+        original = core.message_deleted
+
+        def spy(key: ChannelKey, message_id: str) -> None:
+            deleted.append((key, message_id))
+            original(key, message_id)
+
+        monkeypatch.setattr(core, "message_deleted", spy)
+        await mention(fake, "keep the model busy")
+        await asyncio.to_thread(backend.started.wait, 5)
+        asked = await mention(fake, "never mind", author=bob)  # waits for alice's answer
+        await fake.wait_for(lambda: int(asked["id"]) in adapter._pending)
+        await fake.delete_user_message(asked)
+        await fake.wait_for(lambda: deleted)
+        backend.gate.set()
+        await wait_bot_text(fake, channel(fake), "echo: keep the model busy")
+        await settled(fake, adapter)
+        await mention(fake, "still there?", author=bob)
+        await wait_bot_text(fake, channel(fake), "echo: still there?")
+    key = ChannelKey("discord", str(channel(fake).id))
+    assert deleted == [(key, asked["id"])]
+    assert [m["content"] for m in bot_messages(fake, channel(fake))] == [
+        "echo: keep the model busy", "echo: still there?"]
+    assert len(backend.prompts) == 2
+    assert [t.text for t in await history.recent(key)] == [
+        "keep the model busy", "echo: keep the model busy", "still there?",
+        "echo: still there?"]
+
+
+async def test_stop_marks_answers_cut_off_by_the_restart(
+        fake: FakeDiscord, settings: Settings, history: HistoryStore,
+        caplog: pytest.LogCaptureFixture) -> None:
+    assert fake.default_guild is not None
+    backend = StallingBackend()
+    async with make_core(backend, settings, history) as core:
+        async with serving(fake, core, settings) as adapter:
+            adapter.shutdown_grace = 0.05
+            second = await fake.create_channel(fake.default_guild, "second")
+            await mention(fake, "a long story")
+            await wait_bot_text(fake, channel(fake), "half of an answer")
+            handle = await fake.invoke_slash_command("ask", {"prompt": "and another"}, second)
+            await wait_done(handle, "> and another\nQueued: 1 ahead of you…")
+        # The block's end ran stop(): both answers outlived the grace period.
+        assert adapter.client.is_closed()
+    (cut,) = bot_messages(fake, channel(fake))
+    assert cut["content"] == "half of an answer" + SHUTDOWN_MARK
+    assert handle.original_message is not None
+    assert handle.original_message["content"] == "> and another\n" + RESTARTING
+    assert "cancelled 2 Discord answer(s)" in caplog.text

@@ -20,6 +20,7 @@ import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.adapters.slack_adapter import (
+    QUEUED,
     READING,
     SHORTCUT_CALLBACK_ID,
     SLASH_COMMANDS,
@@ -126,7 +127,7 @@ async def running(core: ConversationCore, settings: Settings, fake: FakeSlack,
                   **options: Any) -> AsyncIterator[SlackAdapter]:
     """A started adapter talking to `fake`; stopped (and checked to stop cleanly) after."""
     options.setdefault("edit_interval", 0.0)
-    client = AsyncWebClient(token="xoxb-test", base_url=fake.api_url)
+    client = AsyncWebClient(token=settings.slack_bot_token or "xoxb-test", base_url=fake.api_url)
     adapter = SlackAdapter(core, settings, client=client, host="127.0.0.1", **options)
     serving = asyncio.create_task(adapter.start())
     ready = asyncio.create_task(adapter.ready.wait())
@@ -166,7 +167,7 @@ def final(fake: FakeSlack, channel: str, thread_ts: str | None = None) -> list[s
         or m.get("thread_ts") == m["ts"]]
     return [m["text"] for m in messages
             if m.get("user") == BOT and m["text"] not in (THINKING, READING)
-            and not m["text"].endswith("…")]
+            and not m["text"].endswith("…") and not m["text"].startswith("_Queued:")]
 
 
 def all_bot_texts(fake: FakeSlack) -> list[str]:
@@ -842,3 +843,77 @@ async def test_admin_commands_typed_in_a_mention_are_checked_with_slack(
     assert done.startswith("Done: I forgot this conversation")
     assert await core.history.recent(ChannelKey("slack", CHANNEL, root["ts"])) == []
     assert fake.calls_to("users.info") and fake.calls_to("conversations.info")
+
+
+# ---------------------------------------------------------------------- queue and stale requests
+
+
+async def test_a_waiting_mention_shows_its_place_in_the_queue(
+        slack_settings: Settings, history: HistoryStore, fake: FakeSlack) -> None:
+    backend = GatedBackend()
+    async with core_with(backend, history, slack_settings) as core, \
+            running(core, slack_settings, fake):
+        first = await fake.send_app_mention(CHANNEL, ALICE, "first")
+        await asyncio.to_thread(backend.started.wait, 5)
+        second = await fake.send_app_mention(OTHER, BOB, "second")
+        thread = second.event["ts"]
+        placeholder = (await fake.wait_for(lambda: fake.posted(OTHER, thread_ts=thread)))[0]
+        await fake.wait_for(lambda: [m["text"] for m in fake.updated(OTHER, placeholder["ts"])]
+                            == [QUEUED.format(ahead=1)])
+        backend.gate.set()
+        done = await fake.wait_for(lambda: final(fake, OTHER, thread))
+        await fake.wait_for(lambda: final(fake, CHANNEL, first.event["ts"]))
+        assert fake.get_message(OTHER, placeholder["ts"])["text"] == "echo: second"
+    assert QUEUED.format(ahead=1) == "_Queued: 1 ahead of you…_"
+    assert done == ["echo: second"]
+    assert [m["ts"] for m in fake.posted(OTHER)] == [placeholder["ts"]], \
+        "the queue line was edited into the answer, not left behind"
+
+
+async def test_a_mention_deleted_before_its_turn_is_never_answered(
+        slack_settings: Settings, history: HistoryStore, fake: FakeSlack,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    backend = GatedBackend()
+    root = fake.seed_message(CHANNEL, "a thread", user=ALICE)
+    thread_key = ChannelKey("slack", CHANNEL, root["ts"])
+    deleted: list[tuple[ChannelKey, str]] = []
+    async with core_with(backend, history, slack_settings) as core, \
+            running(core, slack_settings, fake) as adapter:
+        original = core.message_deleted
+
+        def spy(key: ChannelKey, message_id: str) -> None:
+            deleted.append((key, message_id))
+            original(key, message_id)
+
+        monkeypatch.setattr(core, "message_deleted", spy)
+        await fake.send_app_mention(CHANNEL, ALICE, "keep the model busy",
+                                    thread_ts=root["ts"])
+        await asyncio.to_thread(backend.started.wait, 5)
+        # Bob asks in the same thread, then deletes his question before its turn comes.
+        asked = await fake.send_app_mention(CHANNEL, BOB, "never mind", thread_ts=root["ts"])
+        placeholder = (await fake.wait_for(
+            lambda: fake.posted(CHANNEL, thread_ts=root["ts"])[1:]))[0]
+        await fake.delete_user_message(CHANNEL, asked.event["ts"])
+        # Slack does not promise an order: a deletion may even arrive before the message.
+        early_ts = fake.new_ts()
+        await fake.delete_user_message(CHANNEL, early_ts)
+        await fake.send_app_mention(CHANNEL, BOB, "too late", ts=early_ts)
+        await fake.wait_for(lambda: len(deleted) == 2)
+        backend.gate.set()
+        await fake.wait_for(lambda: final(fake, CHANNEL, root["ts"]))
+        await fake.wait_for(lambda: not adapter._tasks)
+        await fake.send_app_mention(CHANNEL, BOB, "still there?", thread_ts=root["ts"])
+        await fake.wait_for(lambda: len(final(fake, CHANNEL, root["ts"])) == 2)
+
+    assert deleted == [(thread_key, asked.event["ts"]),
+                       (ChannelKey("slack", CHANNEL), early_ts)]
+    assert final(fake, CHANNEL, root["ts"]) == ["echo: keep the model busy",
+                                               "echo: still there?"]
+    assert fake.get_message(CHANNEL, placeholder["ts"]) is None, "its placeholder was taken back"
+    assert [m["user"] for m in fake.messages(CHANNEL, early_ts)] == [BOB], \
+        "no answer, and its placeholder was taken back"
+    assert len(backend.prompts) == 2
+    assert [t.text for t in await history.recent(thread_key)] == [
+        "a thread", "keep the model busy", "echo: keep the model busy", "still there?",
+        "echo: still there?"]
+    assert await history.recent(ChannelKey("slack", CHANNEL)) == []

@@ -10,6 +10,7 @@ from typing import Protocol
 from bot.types import Reply
 
 _FENCE = re.compile(r"^\s*(```+)([\w+-]*)", re.MULTILINE)
+_CLOSE = "\n```"
 
 
 class Adapter(Protocol):
@@ -24,6 +25,11 @@ class Adapter(Protocol):
     async def stop(self) -> None: ...
 
     async def send(self, reply: Reply) -> None: ...
+
+    @property
+    def connected(self) -> bool:
+        """Whether it can take messages now; `/healthz` reports it (see `bot.ops`)."""
+        ...
 
 
 def split_text(text: str, limit: int) -> list[str]:
@@ -44,15 +50,29 @@ def split_text(text: str, limit: int) -> list[str]:
         if len(rest) <= room:
             parts.append(reopen + rest)
             break
-        cut = _cut_point(rest, room - 4)  # leave room for a closing "\n```"
+        cut = _cut_point(rest, room - len(_CLOSE))  # leave room for a closing fence
         chunk = reopen + rest[:cut]
         fence = _open_fence(chunk)
         if fence:
-            chunk += "\n```"
+            chunk += _CLOSE
         parts.append(chunk)
         rest = rest[cut:]
-        reopen = f"{fence}\n" if fence else ""
+        reopen = _reopen_line(fence, limit)
     return parts
+
+
+def _reopen_line(fence: str, limit: int) -> str:
+    """The line that reopens a cut code block, or '' when none was open.
+
+    Why the cap: a fence's "language" can be any run of word characters, and reopening a
+    huge one at the start of every part would leave no room for text (once, no room at all:
+    the loop never advanced). A long fence is reopened as a plain one.
+    """
+    if not fence:
+        return ""
+    if len(fence) + 1 > limit // 4:
+        fence = "```"
+    return fence + "\n"
 
 
 def _cut_point(text: str, room: int) -> int:
@@ -63,7 +83,10 @@ def _cut_point(text: str, room: int) -> int:
         index = window.rfind(pattern)
         if index >= floor:
             return index + len(pattern)
-    return room
+    cut = room
+    while cut > floor and text[cut - 1] == "`":
+        cut -= 1  # never cut through a run of backticks: it may be a fence
+    return cut
 
 
 def _open_fence(chunk: str) -> str:

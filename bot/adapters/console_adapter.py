@@ -44,6 +44,12 @@ class ConsoleAdapter:
         self._ids = itertools.count(1)
         self._streamed = ""
         self._stopped = asyncio.Event()
+        self._serving = False
+
+    @property
+    def connected(self) -> bool:
+        """True while `start()` is reading input."""
+        return self._serving
 
     async def start(self) -> None:
         """Serve lines until end of input or `stop()`."""
@@ -51,12 +57,16 @@ class ConsoleAdapter:
         if self.interactive:
             self._write(f"Chatting in {self.key} as {self.user_name}. Type /help for commands, "
                         "Ctrl-D to quit.\n")
-        while not self._stopped.is_set():
-            self._prompt()
-            line = await lines.get()
-            if line is _EOF:
-                break
-            await self.handle_line(line)
+        self._serving = True
+        try:
+            while not self._stopped.is_set():
+                self._prompt()
+                line = await lines.get()
+                if line is _EOF:
+                    break
+                await self.handle_line(line)
+        finally:
+            self._serving = False
         if self.interactive:
             self._write("\nBye.\n")
 

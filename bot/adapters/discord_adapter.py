@@ -11,11 +11,16 @@ What a Discord user sees:
   answered with follow-ups. ``/summarize`` reads the channel's history from Discord.
 * Answers over 2,000 characters continue in further messages, code blocks kept balanced.
 * Nothing the bot posts can ping @everyone, @here or a role; only the asker may be pinged.
+* A request that has to wait for the model says so ("Queued: 2 ahead of you…") in the
+  message that then grows into its answer. A question deleted before its turn is dropped.
+* On shutdown, answers get `shutdown_grace` to finish; one still running then ends with a
+  note that the bot is restarting (or, if nothing was posted yet, the asker is told so).
 
 Failures stay local: a missing permission or a refused request is logged and that one answer
-is dropped; a missing Message Content intent is reported once at start-up and `start()`
-returns, so the other platforms keep running. The translation of Discord objects is pure and
-lives in `bot.adapters.discord_text`.
+is dropped (with a log line saying so); a missing Message Content intent is reported once at
+start-up and `start()` returns, so the other platforms keep running. A gateway event
+discord.py cannot parse is logged and skipped instead of ending the connection. The
+translation of Discord objects is pure and lives in `bot.adapters.discord_text`.
 """
 
 from __future__ import annotations
@@ -44,9 +49,9 @@ from bot.adapters.discord_text import (
 )
 from bot.commands import COMMANDS, MAX_SUMMARY_MESSAGES, TranscriptFetcher
 from bot.config import Settings
-from bot.core import ConversationCore
+from bot.core import APOLOGY, SHUTDOWN_MARK, ConversationCore
 from bot.errors import UserError
-from bot.types import IncomingMessage, Reply, Turn
+from bot.types import ChannelKey, IncomingMessage, Reply, Turn
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +87,8 @@ class LiveReply:
     The text is split at Discord's limit; each part is one message, edited only when its
     text changed. Failures are logged and never raised, because they happen inside the
     core's progress callback: a Forbidden/NotFound ends this reply (no permission, or the
-    message was deleted), other HTTP errors are retried on the next update.
+    message was deleted), other HTTP errors are retried on the next update. An answer that
+    cannot be shown in the end is logged as lost, never dropped silently.
     """
 
     def __init__(self, post: Post, *, allowed_mentions: discord.AllowedMentions,
@@ -96,19 +102,44 @@ class LiveReply:
         self._on_first_post = on_first_post
         self.messages: list[discord.Message] = []
         self._shown: list[str] = []
+        self._answer = ""  # the answer text shown so far (not a status line)
         self.failed = False
 
     async def progress(self, text: str) -> None:
         """Show the answer so far, unless the last update was too recent."""
         if not self.failed and self._throttle.ready():
+            if await self._show(text):
+                self._answer = text
+
+    async def status(self, text: str) -> None:
+        """Show a status line ("Queued: 2 ahead of you…") until the answer replaces it."""
+        if not self.failed and not self._answer:
             await self._show(text)
 
     async def finish(self, text: str) -> None:
         """Show the complete answer (a final edit only where the text changed)."""
-        if not self.failed:
-            await self._show(text)
+        if self.failed or not await self._show(text):
+            log.warning("the answer in %s was not delivered (%d characters lost)",
+                        self._where, len(text))
+            return
+        self._answer = text
 
-    async def _show(self, text: str) -> None:
+    async def interrupt(self, mark: str, notice: str) -> None:
+        """The answer will not be finished: end the partial one with `mark`, or say `notice`."""
+        await self.finish(self._answer + mark if self._answer else notice)
+
+    async def retract(self) -> None:
+        """Delete what was posted (a status line for a request that was dropped)."""
+        for message in self.messages:
+            try:
+                await message.delete()
+            except discord.HTTPException as exc:
+                log.debug("could not delete a status message in %s: %s", self._where, exc)
+        self.messages.clear()
+        self._shown.clear()
+
+    async def _show(self, text: str) -> bool:
+        """Bring the posted messages up to `text`; whether Discord took it all."""
         parts = split_text(neutralize_broadcasts(self._prefix + text), MESSAGE_LIMIT)
         try:
             for index, part in enumerate(parts):
@@ -131,9 +162,12 @@ class LiveReply:
             log.warning("cannot post the answer in %s (HTTP %s, code %s: %s); check the bot's "
                         "View Channel and Send Messages permissions there",
                         self._where, exc.status, exc.code, exc.text)
+            return False
         except discord.HTTPException as exc:
             log.warning("Discord refused a message in %s (HTTP %s, code %s: %s)",
                         self._where, exc.status, exc.code, exc.text)
+            return False
+        return True
 
 
 class _Client(discord.Client):
@@ -148,6 +182,9 @@ class _Client(discord.Client):
         super().__init__(intents=intents, allowed_mentions=safe_mentions())
         self.adapter = adapter
         self.tree: app_commands.CommandTree[_Client] = app_commands.CommandTree(self)
+        parsers = self._connection.parsers  # the same dict the gateway reads events through
+        for event, parse in list(parsers.items()):
+            parsers[event] = _tolerant(event, parse)
 
     async def setup_hook(self) -> None:
         await self.adapter.sync_commands()
@@ -157,6 +194,33 @@ class _Client(discord.Client):
 
     async def on_message(self, message: discord.Message) -> None:
         await self.adapter.on_message(message)
+
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        self.adapter.message_deleted(payload.message_id)
+
+    async def on_raw_bulk_message_delete(
+            self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        for message_id in payload.message_ids:
+            self.adapter.message_deleted(message_id)
+
+
+def _tolerant(event: str, parse: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A gateway event parser that logs and skips an event it cannot read.
+
+    Why: discord.py parses events inside its connection loop, where any exception but a
+    network error ends `Client.start()`: one malformed event (a missing field, a wrong type)
+    would take the bot off Discord for good.
+    """
+
+    def parse_or_skip(data: Any) -> None:
+        try:
+            parse(data)
+        except Exception as exc:
+            log.warning("ignored a Discord %s event that could not be read (%s)", event,
+                        type(exc).__name__)
+            log.debug("the unreadable %s event", event, exc_info=True)
+
+    return parse_or_skip
 
 
 class DiscordAdapter:
@@ -178,6 +242,7 @@ class DiscordAdapter:
         self.shutdown_grace = shutdown_grace
         self.client = _Client(self)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: dict[int, ChannelKey] = {}  # message id → its key, while answering
         self._stopping = False
         self._register_commands(self.client.tree)
 
@@ -200,7 +265,12 @@ class DiscordAdapter:
                 await self.client.close()  # start() can fail with the HTTP session still open
 
     async def stop(self) -> None:
-        """Let answers in progress finish (up to `shutdown_grace`), then disconnect."""
+        """Let answers in progress finish (up to `shutdown_grace`), then disconnect.
+
+        Answers still running then are cancelled; each ends its partial message with a note
+        that the bot is restarting (or says so, if nothing was posted yet) before the
+        connection closes.
+        """
         self._stopping = True
         pending = set(self._tasks)
         if pending:
@@ -212,6 +282,13 @@ class DiscordAdapter:
                         len(pending))
             await asyncio.wait(pending)
         await self.client.close()
+
+    @property
+    def connected(self) -> bool:
+        """Logged in with the gateway open (False while discord.py reconnects)."""
+        ws = self.client.ws
+        return (self.client.is_ready() and not self.client.is_closed()
+                and ws is not None and ws.open)
 
     def on_ready(self) -> None:
         user = self.client.user
@@ -241,7 +318,13 @@ class DiscordAdapter:
                 or message.author.id == bot_user.id or message.webhook_id is not None
                 or not is_chat_message(message)):
             return
-        incoming = to_incoming(message, bot_user)
+        try:
+            incoming = to_incoming(message, bot_user)
+        except Exception as exc:  # discord.py accepted an odd payload; we cannot read it
+            log.warning("ignored a Discord message in %s that could not be read (%s)",
+                        _describe(message.channel), type(exc).__name__)
+            log.debug("the unreadable message", exc_info=True)
+            return
         if not channel_allowed(message.channel, self.settings.allowed_channels,
                                is_direct=incoming.is_direct):
             return
@@ -249,7 +332,17 @@ class DiscordAdapter:
             log.warning("mentioned in %s but missing the permission to send messages there; "
                         "not answering", _describe(message.channel))
             return
-        await self._track(self._answer(message, incoming))
+        self._pending[message.id] = incoming.key
+        try:
+            await self._track(self._answer(message, incoming))
+        finally:
+            self._pending.pop(message.id, None)
+
+    def message_deleted(self, message_id: int) -> None:
+        """A message was deleted: if its answer has not started, the core drops it."""
+        key = self._pending.get(message_id)
+        if key is not None:
+            self.core.message_deleted(key, str(message_id))
 
     async def _answer(self, message: discord.Message, incoming: IncomingMessage) -> None:
         """Hand the message to the core and show its answer, if it gives one.
@@ -274,13 +367,23 @@ class DiscordAdapter:
                          on_first_post=typing.cancel if typing is not None else None)
         try:
             reply = await self.core.handle(incoming, on_progress=live.progress,
-                                           fetch_transcript=self._fetcher(channel))
+                                           fetch_transcript=self._fetcher(channel),
+                                           on_queued=_queue_status(live))
+        except asyncio.CancelledError:  # stop() ran out of patience: say so in the channel
+            if incoming.addressed or live.messages:
+                await _bounded(live.interrupt(SHUTDOWN_MARK, RESTARTING))
+            raise
+        except Exception:  # the core should not raise; if it does, the asker still hears back
+            log.exception("error while answering in %s", _describe(channel))
+            reply = Reply(incoming.key, APOLOGY) if incoming.addressed else None
         finally:
             if typing is not None:
                 typing.cancel()
                 await asyncio.wait({typing})
         if reply is not None:
             await live.finish(reply.text)
+        elif live.messages:
+            await live.retract()  # a "Queued" line for a request that was dropped
 
     async def _keep_typing(self, channel: discord.abc.Messageable) -> None:
         """Show "typing" until cancelled (when the first part of the answer is posted)."""
@@ -468,8 +571,16 @@ class DiscordAdapter:
         live = LiveReply(post, allowed_mentions=mentions,
                          throttle=EditThrottle(self.edit_interval), where=_describe(channel),
                          prefix=quote_prompt(args) if command == "ask" else "")
-        reply = await self.core.handle(incoming, on_progress=live.progress,
-                                       fetch_transcript=self._fetcher(channel))
+        try:
+            reply = await self.core.handle(incoming, on_progress=live.progress,
+                                           fetch_transcript=self._fetcher(channel),
+                                           on_queued=_queue_status(live))
+        except asyncio.CancelledError:  # the deferred "thinking..." must not be left behind
+            await _bounded(live.interrupt(SHUTDOWN_MARK, RESTARTING))
+            raise
+        except Exception:
+            log.exception("error while running /%s in %s", command, _describe(channel))
+            reply = Reply(incoming.key, APOLOGY)
         await live.finish(reply.text if reply is not None else "Done.")
 
     async def _refuse(self, interaction: Interaction, text: str) -> None:
@@ -479,6 +590,23 @@ class DiscordAdapter:
                                                     allowed_mentions=safe_mentions())
         except discord.HTTPException as exc:
             log.warning("could not answer an interaction: %s", exc)
+
+
+def _queue_status(live: LiveReply) -> Callable[[int], Awaitable[None]]:
+    """The core's `on_queued` hook: a waiting request shows its place in the queue."""
+
+    async def queued(ahead: int) -> None:
+        await live.status(f"Queued: {ahead} ahead of you…")
+
+    return queued
+
+
+async def _bounded(work: Awaitable[None], timeout: float = 5.0) -> None:
+    """Run a last message edit on the way out of a cancelled task, bounded in time."""
+    try:
+        await asyncio.wait_for(work, timeout)
+    except (TimeoutError, discord.HTTPException) as exc:
+        log.warning("could not mark an interrupted answer: %s", type(exc).__name__)
 
 
 def _describe(channel: object) -> str:

@@ -39,16 +39,24 @@ _CHAT_TYPES = frozenset({
 _TAG = re.compile(r"<(@!?|@&|#)(\d+)>")
 _DROPPED = "\ue000"  # marks where the bot's own mention was, so spacing can be repaired
 _BROADCAST = re.compile(r"@(everyone|here)", re.IGNORECASE)
+_ROLE_TAG = re.compile(r"<@&(?=\d)")
+ZERO_WIDTH_SPACE = "\u200b"
 _LEADING_PUNCT = re.compile(r"^[\s,:;]+")
 
 
 def neutralize_broadcasts(text: str) -> str:
-    """Break ``@everyone``/``@here`` with a zero-width space so they can never ping.
+    """Break ``@everyone``/``@here`` and role tags (``<@&id>``) with a zero-width space.
 
     Why: `allowed_mentions` already forbids these pings; this is the second lock, in case a
     send path ever forgets it, and it also stops them rendering as highlighted mentions.
+
+    It only ever inserts U+200B and never normalises: Discord matches ``@everyone``,
+    ``@here`` and ``<@&id>`` literally (ASCII, no Unicode folding), so look-alikes such as
+    full-width ``＠ｅｖｅｒｙｏｎｅ`` or ``@`` + U+200B + ``everyone`` do not ping and are left
+    as written; removing or folding characters here could turn them into real mentions.
     """
-    return _BROADCAST.sub("@\u200b\\1", text)
+    text = _BROADCAST.sub(f"@{ZERO_WIDTH_SPACE}\\1", text)
+    return _ROLE_TAG.sub(f"<@&{ZERO_WIDTH_SPACE}", text)
 
 
 def safe_mentions(asker_id: int | None = None) -> discord.AllowedMentions:

@@ -14,11 +14,15 @@ What a Slack user sees:
   ask/summarize in the channel, the others privately. The "Summarize thread" message shortcut
   summarises the thread of the message it is used on.
 
+A request that has to wait for the model shows "Queued: N ahead of you…" in its placeholder
+until the answer replaces it; a message deleted before its turn is not answered.
+
 Every human message the bot can see is passed to the core, which answers it or keeps it as
 context. A thread is read from Slack the first time the bot takes part in it. Slack API
 failures (rate limits, ``not_in_channel``, ``msg_too_long``) are logged and worked around; they
-never stop the adapter. The translation of events into `IncomingMessage` is pure
-(`to_incoming`, `command_to_incoming`, `shortcut_to_incoming`) so it is unit-tested alone.
+never stop the adapter. Malformed events and request bodies are logged and ignored. The
+translation of events into `IncomingMessage` is pure (`to_incoming`, `command_to_incoming`,
+`shortcut_to_incoming`) so it is unit-tested alone.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
+import json
 import logging
 import re
 import time
@@ -36,9 +41,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import ClientError, web
+from aiohttp.typedefs import Handler
 from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncRespond
 from slack_sdk.errors import SlackApiError, SlackClientError
+from slack_sdk.socket_mode.aiohttp import SocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
@@ -73,6 +82,7 @@ PUBLIC_COMMANDS = frozenset({"ask", "summarize"})
 OPEN_COMMANDS = frozenset({"ask", "summarize", "help", "status"})
 """Commands nobody needs to be an admin for: the others get `is_admin` checked with Slack."""
 THINKING = "_Thinking…_"
+QUEUED = "_Queued: {ahead} ahead of you…_"
 READING = "_Reading the conversation…_"
 STOPPED = "_(stopped: the bot is restarting; please ask again in a moment)_"
 METADATA_EVENT_TYPE = "llm_chat_bot"
@@ -100,7 +110,9 @@ _SUMMARIZE = re.compile(
 def thread_of(event: Mapping[str, Any]) -> str | None:
     """The thread a message is a reply in, or None for a top-level message."""
     thread_ts = event.get("thread_ts")
-    return str(thread_ts) if thread_ts and thread_ts != event.get("ts") else None
+    if not isinstance(thread_ts, str) or not thread_ts or thread_ts == event.get("ts"):
+        return None
+    return thread_ts
 
 
 def mentions_bot(text: str, bot_user_id: str) -> bool:
@@ -112,8 +124,9 @@ def to_incoming(event: Mapping[str, Any], bot_user_id: str, *,
                 names: Mapping[str, str] | None = None) -> IncomingMessage | None:
     """An ``app_mention`` or ``message`` event as the core's message, or None to ignore it.
 
-    Ignored: bots (this one included), edits/joins/other subtypes, and channel messages that
-    mention the bot (their ``app_mention`` event is the one answered). DMs and mentions are
+    Ignored: bots (this one included), edits/joins/other subtypes, channel messages that
+    mention the bot (their ``app_mention`` event is the one answered), and events without a
+    user, channel and ts as strings (malformed; Slack always sends them). DMs and mentions are
     addressed; other human messages are context.
 
     Args:
@@ -124,11 +137,15 @@ def to_incoming(event: Mapping[str, Any], bot_user_id: str, *,
     user = event.get("user")
     channel = event.get("channel")
     ts = event.get("ts")
-    if kind not in ("app_mention", "message") or not user or not channel or not ts:
+    if kind not in ("app_mention", "message") or not all(
+            isinstance(value, str) and value for value in (user, channel, ts)):
         return None
-    if user == bot_user_id or event.get("bot_id") or event.get("subtype") not in _MESSAGE_SUBTYPES:
+    subtype = event.get("subtype")
+    if user == bot_user_id or event.get("bot_id") or not (
+            subtype is None or (isinstance(subtype, str) and subtype in _MESSAGE_SUBTYPES)):
         return None
-    raw_text = str(event.get("text") or "")
+    raw_text = event.get("text")
+    raw_text = raw_text if isinstance(raw_text, str) else ""
     is_direct = event.get("channel_type") == "im" or str(channel).startswith("D")
     if kind == "message" and not is_direct and mentions_bot(raw_text, bot_user_id):
         return None
@@ -168,9 +185,9 @@ def shortcut_to_incoming(body: Mapping[str, Any], *,
                          names: Mapping[str, str] | None = None) -> IncomingMessage:
     """The "Summarize thread" shortcut as a summarize command for the message's thread."""
     names = names or {}
-    message = body.get("message") or {}
-    channel = str((body.get("channel") or {}).get("id", ""))
-    user_info = body.get("user") or {}
+    message = _mapping(body.get("message"))
+    channel = str(_mapping(body.get("channel")).get("id", ""))
+    user_info = _mapping(body.get("user"))
     user = str(user_info.get("id", ""))
     root = str(message.get("thread_ts") or body.get("message_ts") or message.get("ts") or "")
     return IncomingMessage(
@@ -179,6 +196,11 @@ def shortcut_to_incoming(body: Mapping[str, Any], *,
         author_name=names.get(user) or str(user_info.get("name") or user),
         text="/summarize", addressed=True, command="summarize",
         args=str(MAX_SUMMARY_MESSAGES), is_direct=channel.startswith("D"), raw=dict(body))
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    """`value` if it is a JSON object, else an empty one (for fields a payload got wrong)."""
+    return value if isinstance(value, Mapping) else {}
 
 
 def ts_order(ts: str) -> tuple[int, int]:
@@ -209,6 +231,60 @@ def command_of(msg: IncomingMessage) -> str | None:
         return msg.command.lower()
     first = msg.text.split(None, 1)[0].lower() if msg.text.strip() else ""
     return first[1:] if first.startswith("/") and len(first) > 1 else None
+
+
+# ---------------------------------------------------------------------- unreadable input
+
+
+def _unreadable_event(body: object) -> bool:
+    """An Events API body that is not an object, or whose ``event`` is not one."""
+    if not isinstance(body, Mapping):
+        return True
+    return "event" in body and not isinstance(body["event"], Mapping)
+
+
+class _SocketModeHandler(AsyncSocketModeHandler):
+    """Acknowledges and logs an events envelope bolt could not read, instead of handing it on.
+
+    Why: bolt would log a traceback and leave the envelope unacknowledged, so Slack would
+    send the same garbage again. (slack_sdk already logs and skips frames that are not JSON
+    objects.)
+    """
+
+    async def handle(  # type: ignore[override]  # bolt narrows it the same way
+            self, client: SocketModeClient, req: SocketModeRequest) -> None:
+        if req.type == "events_api" and _unreadable_event(req.payload):
+            log.warning("Slack: ignored an events envelope that could not be read")
+            await client.send_socket_mode_response(SocketModeResponse(req.envelope_id))
+            return
+        await super().handle(client, req)
+
+
+@web.middleware
+async def _reject_unreadable(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """HTTP mode: answer 400 (with one log line) to a body bolt cannot read.
+
+    Why: bolt parses the body before checking its signature and answers 500 with a
+    traceback on anything but a JSON object or a form, so anyone could fill the log.
+    Nothing is done with such a request either way.
+    """
+    try:
+        if request.content_type == "application/json":
+            try:
+                body = json.loads(await request.text())
+            except ValueError:
+                body = None
+            if _unreadable_event(body):
+                raise ValueError("the body is not an event object")
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.status == 413:
+            log.warning("Slack: ignored a request to %s over the size limit", request.path)
+        raise
+    except Exception as exc:
+        log.warning("Slack: ignored a request to %s that could not be read (%s)",
+                    request.path, type(exc).__name__)
+        return web.Response(status=400, text="bad request")
 
 
 # ---------------------------------------------------------------------- adapter state
@@ -303,6 +379,7 @@ class SlackAdapter:
         self._handler: AsyncSocketModeHandler | None = None
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pending: dict[tuple[str, str], ChannelKey] = {}  # (channel, ts) being answered
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
         self._threads: set[ChannelKey] = set()  # threads read from Slack, or with history
         self._bot_threads: set[tuple[str, str]] = set()  # (channel, thread_ts) it posted in
@@ -339,6 +416,14 @@ class SlackAdapter:
         finally:
             await self._shutdown()
 
+    @property
+    def connected(self) -> bool:
+        """Socket Mode connected (False while slack_sdk reconnects), or HTTP mode listening."""
+        if not self.ready.is_set() or self._shut_down:
+            return False
+        socket = self._handler.client if self._handler is not None else None
+        return socket is None or not (socket.closed or getattr(socket, "stale", False))
+
     async def stop(self) -> None:
         """Stop taking events, let answers in progress finish (briefly), and disconnect."""
         self._stop_requested.set()
@@ -368,8 +453,8 @@ class SlackAdapter:
 
     async def _connect_socket_mode(self) -> None:
         assert self.settings.slack_app_token
-        handler = AsyncSocketModeHandler(self.app, app_token=self.settings.slack_app_token,
-                                         ping_interval=self.ping_interval)
+        handler = _SocketModeHandler(self.app, app_token=self.settings.slack_app_token,
+                                     ping_interval=self.ping_interval)
         self._handler = handler
         try:
             # Fetch the first URL ourselves: slack_sdk's connect() retries a bad token forever.
@@ -384,8 +469,9 @@ class SlackAdapter:
         log.info("Slack: Socket Mode connected")
 
     async def _listen_http(self) -> None:
-        runner = web.AppRunner(self.app.web_app(path=EVENTS_PATH, port=self.settings.port),
-                               shutdown_timeout=2.0)
+        web_app = self.app.web_app(path=EVENTS_PATH, port=self.settings.port)
+        web_app.middlewares.append(_reject_unreadable)
+        runner = web.AppRunner(web_app, shutdown_timeout=2.0)
         await runner.setup()
         self._runner = runner
         site = web.TCPSite(runner, self.host, self.settings.port)
@@ -427,6 +513,7 @@ class SlackAdapter:
     def _register(self) -> None:
         self.app.event("app_mention")(self._on_event)
         self.app.event("message")(self._on_event)
+        self.app.event(re.compile(r".*"))(self._on_other_event)  # after the two above
         for slash in sorted({*SLASH_COMMANDS, *(f"/{name}" for name in COMMANDS)}):
             self.app.command(slash)(self._on_command)
         self.app.shortcut(SHORTCUT_CALLBACK_ID)(self._on_shortcut)
@@ -435,7 +522,30 @@ class SlackAdapter:
         """Events are acked by bolt as soon as this returns; the work runs in our own task."""
         if not self.bot_user_id and context.bot_user_id:
             self.bot_user_id = context.bot_user_id
+        if event.get("subtype") == "message_deleted":
+            self._message_deleted(event)
+            return
         self._spawn(self._handle_event(event))
+
+    async def _on_other_event(self, event: dict[str, Any]) -> None:
+        """Acknowledge an event type the bot does not use, so Slack does not resend it."""
+        log.debug("Slack: ignored a %r event", event.get("type"))
+
+    def _message_deleted(self, event: Mapping[str, Any]) -> None:
+        """A message was deleted: if its answer has not started, the core drops it.
+
+        The key is the one the message was handled under, or (if the deletion arrives
+        first, which Slack does not rule out) the one it will be handled under.
+        """
+        channel, ts = event.get("channel"), event.get("deleted_ts")
+        if not (isinstance(channel, str) and isinstance(ts, str)):
+            return
+        key = self._pending.get((channel, ts))
+        if key is None:
+            previous = event.get("previous_message")
+            thread = thread_of(previous) if isinstance(previous, Mapping) else None
+            key = ChannelKey("slack", channel, thread)
+        self.core.message_deleted(key, ts)
 
     async def _on_command(self, ack: AsyncAck, command: dict[str, Any],
                           respond: AsyncRespond) -> None:
@@ -505,7 +615,13 @@ class SlackAdapter:
         reply_thread = thread or (msg.message_id if top_level_mention else None)
         # Unaddressed messages are mostly just context: a message appears only if the core
         # starts answering (a reply in a thread the bot takes part in).
-        await self._answer(msg, _Target(msg.key.channel_id, reply_thread), eager=msg.addressed)
+        pending = (msg.key.channel_id, msg.message_id)
+        self._pending[pending] = msg.key
+        try:
+            await self._answer(msg, _Target(msg.key.channel_id, reply_thread),
+                               eager=msg.addressed)
+        finally:
+            self._pending.pop(pending, None)
 
     async def _handle_command(self, command: dict[str, Any], respond: AsyncRespond) -> None:
         ids = [str(command.get("user_id", "")),
@@ -531,7 +647,7 @@ class SlackAdapter:
         await self._answer(msg, target)
 
     async def _handle_shortcut(self, shortcut: dict[str, Any], respond: AsyncRespond) -> None:
-        user = str((shortcut.get("user") or {}).get("id", ""))
+        user = str(_mapping(shortcut.get("user")).get("id", ""))
         msg = shortcut_to_incoming(shortcut, names=await self._names([user]))
         if not self._allowed(msg.key.channel_id, msg.is_direct):
             await self._respond(_Target(msg.key.channel_id, None, respond, ephemeral=True),
@@ -578,10 +694,17 @@ class SlackAdapter:
             if result.error == "ratelimited":
                 paused_until = self._clock() + max(result.retry_after, 1.0)
 
+        async def queued(ahead: int) -> None:
+            if target.placeholder is not None:  # the streaming edits replace it
+                await self._api("chat.update", functools.partial(
+                    self.client.chat_update, channel=target.channel, ts=target.placeholder,
+                    text=QUEUED.format(ahead=ahead), metadata=_metadata("status")), retries=0)
+
         exclude = {msg.message_id, *([target.placeholder] if target.placeholder else [])}
         try:
             reply = await self.core.handle(
-                msg, on_progress=progress, fetch_transcript=self._fetcher(msg.key, exclude))
+                msg, on_progress=progress, fetch_transcript=self._fetcher(msg.key, exclude),
+                on_queued=queued)
             if reply is None:  # recorded as context (or the channel is switched off)
                 if target.placeholder is not None:
                     await self._api("chat.delete", functools.partial(
@@ -649,6 +772,9 @@ class SlackAdapter:
             elif result.error in NO_ACCESS_ERRORS and target.respond is not None:
                 target.no_access = True
                 fallback.append(mrkdwn)
+            elif not result.ok:
+                log.warning("Slack: %d characters of the answer in %s were not delivered (%s)",
+                            len(part), target.channel, result.error)
         if fallback:
             await self._respond(target, fallback)
 
@@ -872,7 +998,7 @@ class SlackAdapter:
 
 def _preview(so_far: str) -> str:
     """The streaming answer's first message, marked as unfinished."""
-    parts = split_text(so_far, PART_CHARS)
+    parts = split_text(so_far, PART_CHARS) or [""]
     return markdown_to_mrkdwn(parts[0]) + (" …" if len(parts) == 1 else "\n…")
 
 

@@ -27,7 +27,7 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
 _BROADCAST = re.compile(r"@(?=(?:here|channel|everyone)\b)", re.IGNORECASE)
 _FENCE_LINE = re.compile(r"^[ \t]*(`{3,}|~{3,})[ \t]*([^`\s]*)[^`]*$")
 _INLINE_CODE = re.compile(r"(`+)(.+?)\1", re.DOTALL)
-_LINK = re.compile(r"!?\[([^\]\n]+)\]\(\s*([^\s()]+(?:\([^\s()]*\))?[^\s()]*)"
+_LINK = re.compile(r"!?\[([^\[\]\n]+)\]\(\s*([^\s()]+(?:\([^\s()]*\)[^\s()]*)?)"
                    r"(?:\s+(?:\"[^\"\n]*\"|'[^'\n]*'))?\s*\)")
 _SAFE_URL = re.compile(r"^(?:https?://[^\s|<>]+|mailto:[^\s|<>@]+@[^\s|<>]+)$", re.IGNORECASE)
 _BOLD_ITALIC = re.compile(r"\*\*\*(?=\S)(.+?)(?<=\S)\*\*\*")
@@ -98,7 +98,8 @@ def _convert_line(line: str) -> str:
         return "──────────"
     heading = _HEADING.match(line)
     if heading:
-        title = _convert_inline(heading.group(1)).replace("*", "")
+        # Dropping the inner "*"s can join "@" to a word again ("@**here**"): neutralise after.
+        title = neutralize_broadcasts(_convert_inline(heading.group(1)).replace("*", ""))
         return f"*{title}*" if title.strip() else ""
     bullet = _BULLET.match(line)
     if bullet:

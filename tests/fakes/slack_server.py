@@ -831,6 +831,31 @@ class FakeSlack:
                 self._store_message(channel, copy.deepcopy(stored))
         return await self.push_event(event, timeout=timeout)
 
+    async def delete_user_message(
+        self, channel: str, ts: str, *, timeout: float = 5.0
+    ) -> Delivery:
+        """A user deletes their message: it leaves the store and a ``message_deleted`` event
+        (with ``deleted_ts`` and ``previous_message``, as Slack sends it) is delivered."""
+        stored = self._find(channel, ts)
+        previous = copy.deepcopy(stored) if stored is not None else {"type": "message", "ts": ts}
+        if stored is not None:
+            self._messages[channel].remove(stored)
+            if stored.get("thread_ts") and stored["thread_ts"] != ts:
+                self._refresh_thread_meta(channel, stored["thread_ts"])
+        event_ts = self.new_ts()
+        event: dict[str, Any] = {
+            "type": "message",
+            "subtype": "message_deleted",
+            "hidden": True,
+            "channel": channel,
+            "channel_type": "im" if self.channels.get(channel, {}).get("is_im") else "channel",
+            "ts": event_ts,
+            "event_ts": event_ts,
+            "deleted_ts": ts,
+            "previous_message": previous,
+        }
+        return await self.push_event(event, timeout=timeout)
+
     async def send_slash_command(
         self,
         command: str,
