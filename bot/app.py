@@ -6,6 +6,7 @@ Kept apart from `__main__` so tests can build the same app with a tiny model inj
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import sys
@@ -37,7 +38,8 @@ def hf_backend_factory(settings: Settings, source: ModelSource) -> Callable[[], 
 
         return load_backend(source, device=settings.device, dtype=settings.model_dtype,
                             cache_dir=str(settings.model_cache_dir), bot_name=settings.bot_name,
-                            context_tokens=settings.context_tokens)
+                            context_tokens=settings.context_tokens,
+                            prompt_cache_mb=settings.prompt_cache_mb)
 
     return make
 
@@ -72,7 +74,9 @@ async def run_bot(settings: Settings, make_backend: Callable[[], Backend], *,
     print(f"Loading the model ({settings.model}); the first start converts it and takes "
           "longer...", file=sys.stderr, flush=True)
     worker = ModelWorker(make_backend, max_pending=settings.max_queue,
-                         timeout=settings.generation_timeout)
+                         timeout=settings.generation_timeout,
+                         max_batch_size=settings.max_batch_size,
+                         batch_token_budget=settings.batch_token_budget)
     async with worker, HistoryStore(settings.history_db,
                                     max_per_channel=settings.history_max_messages) as history:
         info = worker.info
@@ -100,6 +104,10 @@ async def run_bot(settings: Settings, make_backend: Callable[[], Backend], *,
             if settings.ops_port:
                 await stack.enter_async_context(
                     OpsServer(core, adapters, host=settings.ops_host, port=settings.ops_port))
+            # Start-up leaves ~500,000 long-lived objects (torch, transformers, SDKs); freezing
+            # them keeps full garbage collections from stalling the event loop for 0.2-0.4 s.
+            gc.collect()
+            gc.freeze()
             await _serve(adapters)
 
 

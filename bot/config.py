@@ -40,7 +40,7 @@ class Settings:
     top_p: float = 0.9
     max_queue: int = 16
     generation_timeout: float = 300.0
-    max_batch_size: int = 8
+    max_batch_size: int = 16
     batch_token_budget: int = 8192
     prompt_cache_mb: int = 256
     bot_name: str = "Assistant"

@@ -249,13 +249,15 @@ class ConversationCore:
                 message=user_turn, context_tokens=context_tokens,
                 reply_tokens=sampling.max_new_tokens, reference=reference)
             ahead = self.worker.queue_depth
-            handle = self.worker.submit(GenerationRequest(prompt, sampling))
+            handle = self.worker.submit(GenerationRequest(prompt, sampling,
+                                                          cache_key=str(msg.key)))
             pending = (msg.key, msg.message_id)
             self._inflight[pending] = handle
             try:
+                # Stored before anything is shown, so an acknowledged message survives a crash.
+                await self.history.add(msg.key, user_turn, message_id=msg.message_id)
                 if ahead and on_queued is not None:
                     await on_queued(ahead)
-                await self.history.add(msg.key, user_turn, message_id=msg.message_id)
                 speakers = {t.author for t in turns if t.role == "user"} | {msg.author_name}
                 answer = await self._stream(handle, on_progress, speakers)
             except asyncio.CancelledError:

@@ -1,12 +1,10 @@
 """The model worker: exactly one thread owns the model; the event loop never waits on it.
 
-Requests go into a bounded queue from the event loop and come back as a `GenerationHandle`:
-an async stream of text pieces plus an awaitable `Completion`. Results cross back to the loop
-only through `loop.call_soon_threadsafe`, with `done()` guards (the aiosqlite pattern), so a
-slow model can never stall Discord heartbeats or Slack acks.
-
-`ModelWorker` is the only implementation today; a batching worker or a remote backend keeps
-the same `submit()` / `GenerationHandle` surface, which is all the core relies on.
+Requests go into a bounded queue from the event loop and come back as a `GenerationHandle`
+(`bot.handles`): an async stream of text pieces plus an awaitable `Completion`. A backend that
+can batch (`BatchingBackend`) is served by `bot.batching.BatchLoop`, where requests join and
+leave a running batch between decoding steps; any other backend is served one request at a
+time. Either way the core sees the same `submit()` / `GenerationHandle` surface.
 """
 
 from __future__ import annotations
@@ -16,130 +14,58 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
+from bot.batching import BatchLoop
 from bot.errors import BusyError, GenerationError, ModelLoadError
-from bot.generation import Backend, GenerationRequest, ModelInfo, TokenCounter
+from bot.generation import (
+    Backend,
+    BatchingBackend,
+    DecodeBatch,
+    GenerationRequest,
+    ModelInfo,
+    TokenCounter,
+)
+from bot.handles import (
+    Completion,
+    GenerationHandle,
+    QueueItem,
+    StopReason,
+    StopSignal,
+    WorkerStats,
+)
+
+__all__ = ["Completion", "GenerationHandle", "GenerationService", "ModelWorker", "StopReason"]
 
 log = logging.getLogger(__name__)
 
-StopReason = Literal["done", "timeout", "shutdown"]
-
-
-@dataclass(frozen=True, slots=True)
-class Completion:
-    """The whole reply, and why generation ended (a timeout keeps the partial text)."""
-
-    text: str
-    stop_reason: StopReason = "done"
-
-
-class _End:
-    """Marks the end of a handle's piece stream."""
-
-
-_END = _End()
-
-
-class GenerationHandle:
-    """The event-loop side of one request.
-
-    Iterate it for text pieces as they are generated; await `result()` for the completion.
-    `cancel()` (or cancelling a task awaiting `result()`) makes the worker skip the request,
-    or stop it between tokens if it already started.
-    """
-
-    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop,
-                 timeout: float) -> None:
-        self.request = request
-        self.timeout = timeout
-        self._loop = loop
-        self._future: asyncio.Future[Completion] = loop.create_future()
-        self._pieces: asyncio.Queue[str | _End] = asyncio.Queue()
-        self._cancelled = threading.Event()
-
-    # -- event-loop side -------------------------------------------------------------
-
-    def __aiter__(self) -> AsyncIterator[str]:
-        return self._iterate()
-
-    async def _iterate(self) -> AsyncIterator[str]:
-        while True:
-            piece = await self._pieces.get()
-            if isinstance(piece, _End):
-                return
-            yield piece
-
-    async def result(self) -> Completion:
-        """Wait for the completion; raises `GenerationError` if the model failed."""
-        try:
-            return await asyncio.shield(self._future)
-        except asyncio.CancelledError:
-            self.cancel()
-            raise
-
-    def cancel(self) -> None:
-        """Give up on this request; the worker skips or stops it."""
-        self._cancelled.set()
-        if not self._future.done():
-            self._future.cancel()
-        self._pieces.put_nowait(_END)
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-    # -- worker-thread side ----------------------------------------------------------
-
-    def _emit(self, piece: str) -> None:
-        self._call_soon(self._pieces.put_nowait, piece)
-
-    def _finish(self, outcome: Completion | BaseException) -> None:
-        self._call_soon(self._settle, outcome)
-
-    def _settle(self, outcome: Completion | BaseException) -> None:
-        if not self._future.done():
-            if isinstance(outcome, BaseException):
-                self._future.set_exception(outcome)
-            else:
-                self._future.set_result(outcome)
-        self._pieces.put_nowait(_END)
-
-    def _call_soon(self, callback: Callable[..., None], *args: object) -> None:
-        try:
-            self._loop.call_soon_threadsafe(callback, *args)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            log.debug("dropped a result for a closed event loop")
-
-
-class _Stop:
-    """Tells the worker thread to exit."""
-
 
 class ModelWorker:
-    """Owns one thread that loads the backend and serves requests one at a time.
+    """Owns one thread that loads the backend and serves requests, batched when it can.
 
     Args:
         make_backend: builds the backend; called on the worker thread so the model is
             created, and only ever used, there.
         max_pending: queued requests beyond which `submit` raises `BusyError` at once.
         timeout: seconds after which a generation is stopped and its partial text returned.
+        max_batch_size: requests decoded together at most (batching backends only).
+        batch_token_budget: bound on batch rows x the longest row's prompt-plus-reply tokens.
     """
 
     def __init__(self, make_backend: Callable[[], Backend], *, max_pending: int = 16,
-                 timeout: float = 300.0) -> None:
+                 timeout: float = 300.0, max_batch_size: int = 16,
+                 batch_token_budget: int = 8192) -> None:
         self._make_backend = make_backend
-        self._queue: queue.Queue[GenerationHandle | _Stop] = queue.Queue(maxsize=max_pending)
+        self._queue: queue.Queue[QueueItem] = queue.Queue(maxsize=max_pending)
         self._timeout = timeout
+        self._max_batch_size = max_batch_size
+        self._batch_token_budget = batch_token_budget
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._active = 0
+        self._stats = WorkerStats()
         self._info: ModelInfo | None = None
         self._counter: TokenCounter | None = None
-        self.served = 0
-        self.failed = 0
 
     async def __aenter__(self) -> ModelWorker:
         await self.start()
@@ -162,8 +88,16 @@ class ModelWorker:
 
     @property
     def queue_depth(self) -> int:
-        """Requests waiting plus the one being generated."""
-        return self._queue.qsize() + self._active
+        """Requests waiting plus those being generated."""
+        return self._queue.qsize() + self._stats.active
+
+    @property
+    def served(self) -> int:
+        return self._stats.served
+
+    @property
+    def failed(self) -> int:
+        return self._stats.failed
 
     @property
     def running(self) -> bool:
@@ -204,7 +138,7 @@ class ModelWorker:
         return handle
 
     async def stop(self) -> None:
-        """Fail queued requests, end the one in flight, and join the thread."""
+        """Fail queued requests, end those in flight, and join the thread."""
         if self._thread is None:
             return
         self._stopping.set()
@@ -215,7 +149,7 @@ class ModelWorker:
                 break
             if isinstance(item, GenerationHandle):
                 item._finish(GenerationError("the bot is shutting down"))
-        self._queue.put(_Stop())
+        self._queue.put(StopSignal())
         await asyncio.to_thread(self._thread.join)
         self._thread = None
 
@@ -233,32 +167,49 @@ class ModelWorker:
             return
         loop.call_soon_threadsafe(_settle_ready, ready, None)
         try:
-            self._serve(backend)
+            batch = self._open_batch(backend)
+            if batch is not None:
+                BatchLoop(batch, self._queue, self._stats, self._stopping,
+                          max_batch_size=self._max_batch_size,
+                          token_budget=self._batch_token_budget).run()
+            else:
+                self._serve(backend)
         finally:
             try:
                 backend.close()
             except Exception:
                 log.exception("closing the model backend failed")
 
+    @staticmethod
+    def _open_batch(backend: Backend) -> DecodeBatch | None:
+        if not isinstance(backend, BatchingBackend):
+            return None
+        try:
+            return backend.open_batch()
+        except Exception:
+            log.exception("batching is unavailable; serving one request at a time")
+            return None
+
     def _serve(self, backend: Backend) -> None:
+        """One request at a time, for backends that cannot batch."""
         while True:
             item = self._queue.get()
-            if isinstance(item, _Stop):
+            if isinstance(item, StopSignal):
                 return
             if item.cancelled:
                 log.debug("skipped a request whose caller gave up")
                 continue
-            self._active = 1
+            self._stats.active = 1
             outcome: Completion | GenerationError
             try:
                 outcome = self._generate(backend, item)
-                self.served += 1
+                self._stats.served += 1
             except Exception as exc:
-                self.failed += 1
+                self._stats.failed += 1
                 log.exception("generation failed")
                 outcome = GenerationError(f"{type(exc).__name__}: {exc}")
             # Counters are settled before the caller can observe the result.
-            self._active = 0
+            self._stats.active = 0
             item._finish(outcome)
 
     def _generate(self, backend: Backend, handle: GenerationHandle) -> Completion:
@@ -290,7 +241,7 @@ def _settle_ready(ready: asyncio.Future[None], error: BaseException | None) -> N
 
 
 class GenerationService(Protocol):
-    """What the core needs from a worker: `ModelWorker`, a batching worker, or a remote one."""
+    """What the core needs from a worker: `ModelWorker`, or a remote one."""
 
     @property
     def info(self) -> ModelInfo: ...

@@ -742,7 +742,8 @@ class SlackAdapter:
         (``msg_too_long``) is split again; a placeholder that cannot be edited is replaced
         by a new message; without access to the channel, the response URL is used.
         """
-        queue = split_text(text, PART_CHARS) if text.strip() else ["(no answer)"]
+        queue = [part for part in split_text(text, PART_CHARS)
+                 if markdown_to_mrkdwn(part).strip()] or ["(no answer)"]
         fallback: list[str] = []
         while queue:
             part = queue.pop(0)
