@@ -519,6 +519,10 @@ class DiscordAdapter:
             args = "" if setting is None else f"{setting.value} {value}".strip()
             await self._track(self.run_command(interaction, "settings", args))
 
+        @tree.command(name="forget", description=describe("forget"))
+        async def forget(interaction: Interaction) -> None:
+            await self._track(self.run_command(interaction, "forget"))
+
         @tree.command(name="reindex", description=describe("reindex"))
         async def reindex(interaction: Interaction) -> None:
             await self._track(self.run_command(interaction, "reindex"))
