@@ -117,6 +117,7 @@ class BatchLoop:
                 continue
             if (self._running or joining) and not self._fits(cost, joining):
                 break
+            handle.started = True
             joining.append(self._held)
             self._held = None
         if joining:

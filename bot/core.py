@@ -153,8 +153,8 @@ class ConversationCore:
         while len(self._deleted) > 10_000:
             self._deleted.popitem(last=False)
         handle = self._inflight.get((key, message_id))
-        if handle is not None:
-            handle.cancel()  # queued: skipped; generating: stopped between tokens
+        if handle is not None and not handle.started:
+            handle.cancel()  # still queued: the worker skips it (once started, it is answered)
 
     def _check_rate(self, msg: IncomingMessage) -> None:
         if msg.is_admin:

@@ -51,6 +51,8 @@ class GenerationHandle:
         self._future: asyncio.Future[Completion] = loop.create_future()
         self._pieces: asyncio.Queue[str | _End] = asyncio.Queue()
         self._cancelled = threading.Event()
+        self.started = False
+        """Set by the worker thread when generation begins (queued until then)."""
 
     # -- event-loop side -------------------------------------------------------------
 

@@ -200,6 +200,7 @@ class ModelWorker:
                 log.debug("skipped a request whose caller gave up")
                 continue
             self._stats.active = 1
+            item.started = True
             outcome: Completion | GenerationError
             try:
                 outcome = self._generate(backend, item)
