@@ -4,11 +4,12 @@ Batched decoding multiplies a handful of rows (one per sequence) by each weight 
 which `nn.Linear` uses on the CPU, handles 4-16 rows two to five times slower than one: on the
 bundled model, measured side by side, a step of 8 rows took 156 ms against 59 ms for one row.
 oneDNN with weights packed once for its kernels takes 78 ms for 8 rows, but 70 ms for one,
-since each call costs more to set up. So a layer keeps both: MKL for a single row, oneDNN for
-several. The output head (the largest matrix) is faster on oneDNN either way and keeps only
-the packed copy. Keeping both doubles the memory of the other weights, so models whose linear
-weights exceed `KEEP_BOTH_LIMIT` keep only the packed copy. The swap is checked against
-`nn.Linear` on load and skipped where oneDNN is missing.
+since each call costs more to set up. So a layer keeps both: MKL for a single row and for long
+prefills, oneDNN for a few rows (with row counts bucketed, see `ROW_BUCKET`). The output head
+(the largest matrix) is faster on oneDNN either way and keeps only the packed copy. Keeping
+both doubles the memory of the other weights, so models whose linear weights exceed
+`KEEP_BOTH_LIMIT` keep only the packed copy. The swap is checked against `nn.Linear` on load
+and skipped where oneDNN is missing.
 """
 
 from __future__ import annotations
@@ -27,8 +28,12 @@ ROWS_HINT = 8
 ROW_BUCKET = 64
 """Rows beyond which (prefills) oneDNN is not used, or used with the rows padded to a multiple
 of this: oneDNN builds, and caches up to 1024 of, a kernel for every distinct row count, each
-with memory of its own, and prompt lengths vary, so the process would grow by hundreds of MB
-until that cache is full."""
+with memory of its own (about 0.6 MB per row count and weight shape here), and prompt lengths
+vary, so the process would grow by hundreds of MB until that cache is full."""
+EXACT_ROWS = 16
+"""Row counts oneDNN gets as they are (decoding steps of up to 16 sequences); from there up to
+`ROW_BUCKET` (short prefills) rows are padded to a multiple of this, so oneDNN only ever sees
+about 20 row counts per weight shape."""
 KEEP_BOTH_LIMIT = 2**30
 """Bytes of linear weights up to which single rows still use the unpacked copy with MKL."""
 
@@ -73,8 +78,9 @@ class PackedLinear(nn.Module):
         if self.weight is not None and (count == 1 or count > ROW_BUCKET):
             out = F.linear(rows, self.weight, self.bias)
         else:
-            if count > ROW_BUCKET:
-                rows = F.pad(rows, (0, 0, 0, -count % ROW_BUCKET))
+            if count > EXACT_ROWS:
+                bucket = EXACT_ROWS if count <= ROW_BUCKET else ROW_BUCKET
+                rows = F.pad(rows, (0, 0, 0, -count % bucket))
             out = _LINEAR(rows, self.packed, self.bias, "none", [], "")[:count]
         return out.reshape(*x.shape[:-1], self.out_features)
 

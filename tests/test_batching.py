@@ -393,7 +393,7 @@ def test_packed_linear_layers_compute_what_nn_linear_does(tiny_model_dir: Path) 
     linear = torch.nn.Linear(32, 48)
     both, packed_only = PackedLinear(linear), PackedLinear(linear, keep_weight=False)
     with torch.inference_mode():
-        for shape in [(1, 32), (1, 1, 32), (3, 32), (2, 5, 32)]:
+        for shape in [(1, 32), (1, 1, 32), (3, 32), (2, 5, 32), (40, 32), (70, 32), (3, 67, 32)]:
             x = torch.randn(*shape)
             assert torch.allclose(both(x), linear(x), atol=1e-5)
             assert torch.allclose(packed_only(x), linear(x), atol=1e-5)
