@@ -24,6 +24,9 @@ test-fast: $(STAMP)  ## the unit tests only (no real model)
 test-slow: $(STAMP)  ## only the tests that load the real bundled model
 	$(PY) -m pytest -m slow
 
+bench: $(STAMP)  ## speed benchmark on the bundled model (docs/benchmarks.md)
+	$(PY) -m bot.bench --out bench-results/bench.json
+
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bot tests
 	$(VENV)/bin/mypy
