@@ -97,6 +97,9 @@ class GenerationHandle:
         if not self._future.done():
             if isinstance(outcome, BaseException):
                 self._future.set_exception(outcome)
+                # Callers that gave up (shutdown fails every queued request) may never await
+                # it; mark it seen so asyncio does not log "exception was never retrieved".
+                self._future.exception()
             else:
                 self._future.set_result(outcome)
         self._pieces.put_nowait(_END)
