@@ -13,9 +13,10 @@ run: $(STAMP)  ## set up (first time) and run the bot: console chat when no toke
 console: $(STAMP)
 	$(PY) -m bot console
 
-test: $(STAMP)  ## lint, type-check and run every test, real-model ones included
+test: $(STAMP)  ## lint, type-check, check import directions, run every test (real-model ones too)
 	$(VENV)/bin/ruff check bot tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest
 
 test-fast: $(STAMP)  ## the unit tests only (no real model)
@@ -30,6 +31,7 @@ bench: $(STAMP)  ## speed benchmark on the bundled model (docs/benchmarks.md)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bot tests
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 format: $(STAMP)
 	$(VENV)/bin/ruff check --fix bot tests

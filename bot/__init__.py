@@ -4,11 +4,11 @@ Public names only; importing the package has no side effects (no torch, no .env)
 """
 
 from bot.config import Settings
-from bot.core import ConversationCore
+from bot.core.conversation import ConversationCore
+from bot.engines.worker import GenerationHandle, ModelWorker
 from bot.errors import BotError, BusyError, ConfigError, GenerationError, UserError
-from bot.history import HistoryStore
+from bot.storage.interface import HistoryStore
 from bot.types import ChannelKey, IncomingMessage, Reply, Turn
-from bot.worker import GenerationHandle, ModelWorker
 
 __all__ = [
     "BotError",

@@ -15,10 +15,10 @@ from dotenv import load_dotenv
 
 from bot.app import hf_backend_factory, run_bot
 from bot.config import Settings
+from bot.core.personas import load_personas
+from bot.engines.local.model_source import resolve_model
 from bot.errors import ConfigError, ModelLoadError
-from bot.log_setup import configure_logging
-from bot.model_source import resolve_model
-from bot.personas import load_personas
+from bot.ops.log_setup import configure_logging
 
 EXIT_CONFIG = 2
 EXIT_MODEL = 3

@@ -14,18 +14,19 @@ from collections.abc import Callable
 from contextlib import AsyncExitStack
 from typing import TextIO
 
-from bot.adapters.base import Adapter
-from bot.adapters.console_adapter import ConsoleAdapter
 from bot.config import Settings
-from bot.core import ConversationCore
+from bot.core.conversation import ConversationCore
+from bot.core.personas import load_personas
+from bot.engines.contract import Backend
+from bot.engines.local.model_source import ModelSource
+from bot.engines.worker import ModelWorker
 from bot.errors import ConfigError
-from bot.generation import Backend
-from bot.history import HistoryStore
-from bot.knowledge import KnowledgeBase
-from bot.model_source import ModelSource
-from bot.ops import OpsServer
-from bot.personas import load_personas
-from bot.worker import ModelWorker
+from bot.ops.server import OpsServer
+from bot.platforms.base import Adapter
+from bot.platforms.console.adapter import ConsoleAdapter
+from bot.storage.interface import HistoryStore
+from bot.storage.knowledge import KnowledgeBase
+from bot.storage.sqlite import SQLiteHistoryStore
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def hf_backend_factory(settings: Settings, source: ModelSource) -> Callable[[], 
     """A factory the worker calls on its own thread, so torch loads there, not at import."""
 
     def make() -> Backend:
-        from bot.hf_backend import load_backend
+        from bot.engines.local.backend import load_backend
 
         return load_backend(source, device=settings.device, dtype=settings.model_dtype,
                             cache_dir=str(settings.model_cache_dir), bot_name=settings.bot_name,
@@ -48,11 +49,11 @@ def platform_adapters(core: ConversationCore, settings: Settings) -> list[Adapte
     """One adapter per platform that has a token; SDKs are imported only when used."""
     adapters: list[Adapter] = []
     if settings.discord_token:
-        from bot.adapters.discord_adapter import DiscordAdapter
+        from bot.platforms.discord.adapter import DiscordAdapter
 
         adapters.append(DiscordAdapter(core, settings))
     if settings.slack_bot_token:
-        from bot.adapters.slack_adapter import SlackAdapter
+        from bot.platforms.slack.app import SlackAdapter
 
         adapters.append(SlackAdapter(core, settings))
     return adapters
@@ -77,8 +78,8 @@ async def run_bot(settings: Settings, make_backend: Callable[[], Backend], *,
                          timeout=settings.generation_timeout,
                          max_batch_size=settings.max_batch_size,
                          batch_token_budget=settings.batch_token_budget)
-    async with worker, HistoryStore(settings.history_db,
-                                    max_per_channel=settings.history_max_messages) as history:
+    async with worker, SQLiteHistoryStore(settings.history_db,
+                                          max_per_channel=settings.history_max_messages) as history:
         info = worker.info
         print(f"Model ready: {info.name} on {info.device} ({info.dtype}). "
               f"History: {settings.history_db}", file=sys.stderr, flush=True)

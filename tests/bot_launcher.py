@@ -73,7 +73,7 @@ def log_finished(path: str) -> None:
 
 def log_prompts(path: str) -> None:
     """Append each prompt the core builds to `path` as a JSON line (flushed at once)."""
-    import bot.core
+    import bot.core.conversation
 
     original: Callable[..., Any] = bot.core.build_chat_prompt
     lock = threading.Lock()

@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from bot.config import Settings
-from bot.core import ConversationCore
-from bot.generation import Backend
-from bot.history import HistoryStore
-from bot.worker import ModelWorker
+from bot.core.conversation import ConversationCore
+from bot.engines.contract import Backend
+from bot.engines.worker import ModelWorker
+from bot.storage.interface import HistoryStore
+from bot.storage.sqlite import SQLiteHistoryStore
 from tests.fakes.backends import EchoBackend
 from tests.tiny_model import save_tiny_model
 
@@ -41,8 +42,8 @@ async def worker(backend: EchoBackend, settings: Settings) -> AsyncIterator[Mode
 
 @pytest.fixture
 async def history(settings: Settings) -> AsyncIterator[HistoryStore]:
-    async with HistoryStore(settings.history_db,
-                            max_per_channel=settings.history_max_messages) as store:
+    async with SQLiteHistoryStore(settings.history_db,
+                                  max_per_channel=settings.history_max_messages) as store:
         yield store
 
 
@@ -66,7 +67,7 @@ def tiny_base_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def tiny_backend_factory(tiny_model_dir: Path, settings: Settings) -> Callable[[], Backend]:
     from bot.app import hf_backend_factory
-    from bot.model_source import resolve_model
+    from bot.engines.local.model_source import resolve_model
 
     return hf_backend_factory(settings, resolve_model(str(tiny_model_dir)))
 

@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from aiohttp import ClientSession
 
-from bot.adapters.slack_adapter import SHORTCUT_CALLBACK_ID
 from bot.config import Settings
-from bot.core import EMPTY_PROMPT_HINT, ConversationCore
+from bot.core.conversation import EMPTY_PROMPT_HINT, ConversationCore
+from bot.platforms.slack.app import SHORTCUT_CALLBACK_ID
 from tests.conftest import with_settings
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.slack_server import (
@@ -122,7 +122,7 @@ async def test_discord_survives_malformed_gateway_events(
         await wait_bot_text(fake, channel(fake), "echo: still there?")
         await settled(fake, adapter)
         assert len(fake.identifies) == 1 and not fake.resumes, "the gateway never dropped"
-    logged = messages_of(caplog, "bot.adapters.discord_adapter")
+    logged = messages_of(caplog, "bot.platforms.discord")
     skipped = [m for m in logged if m.startswith("ignored a Discord")]
     assert len(skipped) >= 8, logged
     assert any("MESSAGE_CREATE event" in m for m in skipped)
@@ -256,7 +256,7 @@ async def test_slack_http_mode_rejects_unreadable_bodies_and_keeps_serving(
     assert odd_event.status in (200, 400)  # well-formed JSON with odd fields: never acted on
     assert oversized == 413
     assert final(fake, CHANNEL, ok.event["ts"]) == ["echo: over http, still there?"]
-    warnings = messages_of(caplog, "bot.adapters.slack_adapter")
+    warnings = messages_of(caplog, "bot.platforms.slack")
     assert sum("could not be read" in m for m in warnings) >= 7, warnings
     assert any("over the size limit" in m for m in warnings)
     assert "Traceback" not in caplog.text and "Error handling request" not in caplog.text

@@ -11,11 +11,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from bot.engines.contract import GenerationRequest, SamplingParams, StepOutput
+from bot.engines.local.backend import HFBackend
+from bot.engines.local.batch import HFDecodeBatch
+from bot.engines.worker import Completion, ModelWorker
 from bot.errors import BusyError, GenerationError
-from bot.generation import GenerationRequest, SamplingParams, StepOutput
-from bot.hf_backend import HFBackend
-from bot.hf_batch import HFDecodeBatch
-from bot.worker import Completion, ModelWorker
 from tests.fakes.backends import EchoBatchBackend
 
 GREEDY = SamplingParams(max_new_tokens=24, temperature=0.0)
@@ -387,7 +387,7 @@ def test_sampled_rows_follow_their_own_settings(tiny: HFBackend) -> None:
 
 
 def test_packed_linear_layers_compute_what_nn_linear_does(tiny_model_dir: Path) -> None:
-    from bot.cpu_linear import PackedLinear, pack_linears
+    from bot.engines.local.cpu_linear import PackedLinear, pack_linears
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(32, 48)
@@ -413,7 +413,7 @@ def test_packed_linear_layers_compute_what_nn_linear_does(tiny_model_dir: Path) 
 
 
 def test_growing_layer_appends_in_place_across_its_room() -> None:
-    from bot.kv_cache import ROOM, GrowingLayer, with_room
+    from bot.engines.local.kv_cache import ROOM, GrowingLayer, with_room
 
     torch.manual_seed(0)
     keys, values = torch.randn(2, 3, 5, 4), torch.randn(2, 3, 5, 4)
@@ -429,7 +429,7 @@ def test_growing_layer_appends_in_place_across_its_room() -> None:
 
 
 def test_sampling_respects_temperature_top_k_and_top_p() -> None:
-    from bot.sampling import next_tokens
+    from bot.engines.local.sampling import next_tokens
 
     torch.manual_seed(0)
     logits = torch.tensor([[0.0, 3.0, 2.9, -1.0], [5.0, 0.0, 0.0, 4.9]])

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from bot.config import Settings
+from bot.engines.local.model_source import resolve_model
 from bot.errors import ConfigError
-from bot.model_source import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
-from bot.adapters.console_adapter import ConsoleAdapter
 from bot.app import run_bot
 from bot.config import Settings
-from bot.core import ConversationCore
-from bot.history import HistoryStore
+from bot.core.conversation import ConversationCore
+from bot.platforms.console.adapter import ConsoleAdapter
+from bot.storage.sqlite import SQLiteHistoryStore
 from bot.types import ChannelKey
 from tests.fakes.backends import EchoBackend
 
@@ -49,7 +49,7 @@ async def test_history_survives_a_restart(settings: Settings) -> None:
                       stdin=io.StringIO(line), stdout=out)
     # The second run's prompt carried the first run's turns, read back from SQLite.
     assert backend.prompts[-1][1]["content"].endswith("my name is Ada")
-    async with HistoryStore(settings.history_db) as history:
+    async with SQLiteHistoryStore(settings.history_db) as history:
         turns = await history.recent(ChannelKey("console", "room"))
     assert [t.text for t in turns] == ["my name is Ada", "echo: my name is Ada",
                                        "what is my name?", "echo: what is my name?"]

@@ -8,10 +8,10 @@ import logging
 import pytest
 
 from bot.config import Settings
-from bot.core import APOLOGY, EMPTY_PROMPT_HINT, ConversationCore
-from bot.history import HistoryStore
+from bot.core.conversation import APOLOGY, EMPTY_PROMPT_HINT, ConversationCore
+from bot.engines.worker import ModelWorker
+from bot.storage.interface import HistoryStore
 from bot.types import ChannelKey, IncomingMessage, Turn
-from bot.worker import ModelWorker
 from tests.conftest import with_settings
 from tests.fakes.backends import EchoBackend, FailingBackend, GatedBackend
 

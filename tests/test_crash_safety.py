@@ -33,9 +33,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.adapters.discord_text import neutralize_broadcasts
-from bot.history import HistoryStore
-from bot.prompting import to_messages
+from bot.core.prompting import to_messages
+from bot.platforms.discord.text import neutralize_broadcasts
+from bot.storage.sqlite import SQLiteHistoryStore
 from bot.types import Turn
 from tests.bot_launcher import BotProcess
 from tests.fakes.discord_server import FakeChannel, FakeDiscord, FakeUser, RecordedRequest
@@ -206,7 +206,7 @@ async def check_store(fake: FakeDiscord, db: Path, ledger: Ledger, cycle: int,
                       finished: set[str]) -> list[Row]:
     """The invariants a kill -9 must not break, on a snapshot of the store right after it."""
     rows = read_rows(db)
-    async with HistoryStore(db) as store:  # the production open path works on it too
+    async with SQLiteHistoryStore(db) as store:  # the production open path works on it too
         assert (await store.stats()).turns == len(rows)
 
     # Every stored question is a message someone sent, unchanged, stored once.

@@ -21,21 +21,21 @@ from typing import Any
 import discord
 import pytest
 
-from bot.adapters.base import EditThrottle
-from bot.adapters.discord_adapter import (
+from bot.config import Settings
+from bot.core.conversation import APOLOGY, SHUTDOWN_MARK, ConversationCore
+from bot.engines.contract import GenerationRequest
+from bot.engines.worker import ModelWorker
+from bot.platforms.base import EditThrottle
+from bot.platforms.discord.adapter import (
     INTENT_HELP,
     NOT_HERE,
     RESTARTING,
     DiscordAdapter,
-    LiveReply,
 )
-from bot.adapters.discord_text import safe_mentions
-from bot.config import Settings
-from bot.core import APOLOGY, SHUTDOWN_MARK, ConversationCore
-from bot.generation import GenerationRequest
-from bot.history import HistoryStore
+from bot.platforms.discord.live_reply import LiveReply
+from bot.platforms.discord.text import safe_mentions
+from bot.storage.interface import HistoryStore
 from bot.types import ChannelKey, IncomingMessage, Reply, Turn
-from bot.worker import ModelWorker
 from tests.conftest import with_settings
 from tests.fakes.backends import EchoBackend, FailingBackend, GatedBackend
 from tests.fakes.discord_server import (
@@ -596,7 +596,7 @@ async def test_generation_error_gets_an_apology_and_is_logged(
         await wait_bot_text(fake, channel(fake), APOLOGY)
         await mention(fake, "still there?")
         await wait_bot_text(fake, channel(fake), "echo: still there?")
-    failures = [r for r in caplog.records if r.name == "bot.core" and r.exc_info]
+    failures = [r for r in caplog.records if r.name == "bot.core.conversation" and r.exc_info]
     assert failures and "exploded" in str(failures[0].exc_info[1])
 
 
@@ -604,7 +604,7 @@ async def test_missing_send_permission_is_logged_without_crashing(
         fake: FakeDiscord, core: ConversationCore, settings: Settings,
         caplog: pytest.LogCaptureFixture) -> None:
     assert fake.default_guild is not None
-    caplog.set_level(logging.WARNING, logger="bot.adapters.discord_adapter")
+    caplog.set_level(logging.WARNING, logger="bot.platforms.discord")
     async with serving(fake, core, settings) as adapter:
         # A refused send (Discord says 403 although the cache said yes).
         fake.fail_next("POST", f"/channels/{channel(fake).id}/messages", 403)

@@ -15,7 +15,7 @@ import discord
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bot.adapters.discord_text import (
+from bot.platforms.discord.text import (
     REQUIRED_PERMISSIONS,
     channel_allowed,
     channel_key,

@@ -9,9 +9,9 @@ from pathlib import Path
 
 from bot.app import hf_backend_factory
 from bot.config import Settings
-from bot.generation import Backend, GenerationRequest, SamplingParams
-from bot.model_source import resolve_model
-from bot.worker import ModelWorker
+from bot.engines.contract import Backend, GenerationRequest, SamplingParams
+from bot.engines.local.model_source import resolve_model
+from bot.engines.worker import ModelWorker
 
 PROMPT = [{"role": "system", "content": "Be brief."},
           {"role": "user", "content": "alice: what is the weather like?"}]
@@ -51,7 +51,7 @@ async def test_a_model_without_chat_template_gets_a_transcript(
 
 async def test_transcript_prompt_shape(tiny_base_model_dir: Path, settings: Settings) -> None:
     backend = hf_backend_factory(settings, resolve_model(str(tiny_base_model_dir)))()
-    from bot.hf_backend import HFBackend
+    from bot.engines.local.backend import HFBackend
 
     assert isinstance(backend, HFBackend)
     assert not backend.renderer.uses_template

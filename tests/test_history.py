@@ -5,7 +5,8 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from bot.history import HistoryStore
+from bot.storage.interface import HistoryStore
+from bot.storage.sqlite import SQLiteHistoryStore
 from bot.types import ChannelKey, Turn
 
 CHANNEL = ChannelKey("discord", "c1")
@@ -14,10 +15,10 @@ THREAD = ChannelKey("discord", "c1", "t1")
 
 async def test_turns_survive_reopening(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "h.sqlite3"
-    async with HistoryStore(path) as store:
+    async with SQLiteHistoryStore(path) as store:
         await store.add(CHANNEL, Turn("user", "ada", "hello"), message_id="m1")
         await store.add(CHANNEL, Turn("assistant", "Bot", "hi ada"))
-    async with HistoryStore(path) as store:
+    async with SQLiteHistoryStore(path) as store:
         assert await store.recent(CHANNEL) == [Turn("user", "ada", "hello"),
                                                Turn("assistant", "Bot", "hi ada")]
     mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
@@ -35,7 +36,7 @@ async def test_channels_and_threads_are_separate(history: HistoryStore) -> None:
 
 
 async def test_each_channel_is_bounded(tmp_path: Path) -> None:
-    async with HistoryStore(tmp_path / "h.db", max_per_channel=5) as store:
+    async with SQLiteHistoryStore(tmp_path / "h.db", max_per_channel=5) as store:
         for i in range(12):
             await store.add(CHANNEL, Turn("user", "a", f"m{i}"))
         await store.add(THREAD, Turn("user", "a", "other"))
@@ -62,7 +63,7 @@ async def test_text_is_stored_exactly(history: HistoryStore) -> None:
 async def test_retention_prunes_old_turns(tmp_path: Path) -> None:
     import time
 
-    async with HistoryStore(tmp_path / "h.db") as store:
+    async with SQLiteHistoryStore(tmp_path / "h.db") as store:
         await store.add(CHANNEL, Turn("user", "a", "old"))
         await store.add(CHANNEL, Turn("user", "a", "new"))
         await store._run(lambda: store._conn().execute(
@@ -73,10 +74,10 @@ async def test_retention_prunes_old_turns(tmp_path: Path) -> None:
 
 
 async def test_forget_erases_a_channel_for_good(tmp_path: Path) -> None:
-    from bot.history import ChannelSettings
+    from bot.storage.sqlite import ChannelSettings
 
     path = tmp_path / "h.db"
-    async with HistoryStore(path) as store:
+    async with SQLiteHistoryStore(path) as store:
         await store.add(CHANNEL, Turn("user", "a", "a very secret sentence"))
         await store.add(THREAD, Turn("user", "a", "thread secret"))
         await store.add(ChannelKey("discord", "other"), Turn("user", "a", "keep me"))

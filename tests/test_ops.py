@@ -14,17 +14,17 @@ import aiohttp
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters.console_adapter import ConsoleAdapter
-from bot.adapters.discord_adapter import DiscordAdapter
-from bot.adapters.slack_adapter import SlackAdapter
 from bot.app import run_bot
 from bot.config import Settings
-from bot.core import ConversationCore
+from bot.core.conversation import ConversationCore
+from bot.engines.worker import ModelWorker
 from bot.errors import ConfigError
-from bot.history import HistoryStore
-from bot.ops import OpsServer
+from bot.ops.server import OpsServer
+from bot.platforms.console.adapter import ConsoleAdapter
+from bot.platforms.discord.adapter import DiscordAdapter
+from bot.platforms.slack.app import SlackAdapter
+from bot.storage.interface import HistoryStore
 from bot.types import ChannelKey, IncomingMessage
-from bot.worker import ModelWorker
 from tests.conftest import with_settings
 from tests.fakes.backends import EchoBackend
 from tests.fakes.discord_server import FakeDiscord, patched_discord_endpoints

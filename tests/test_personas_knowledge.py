@@ -8,14 +8,15 @@ from pathlib import Path
 import pytest
 
 from bot.config import Settings
-from bot.core import ConversationCore
+from bot.core.conversation import ConversationCore
+from bot.core.personas import load_personas
+from bot.core.prompting import knowledge_block
+from bot.engines.worker import ModelWorker
 from bot.errors import ConfigError
-from bot.history import ChannelSettings, HistoryStore
-from bot.knowledge import KnowledgeBase, fts_query, split_passages
-from bot.personas import load_personas
-from bot.prompting import knowledge_block
+from bot.storage.interface import ChannelSettings, HistoryStore
+from bot.storage.knowledge import KnowledgeBase, fts_query, split_passages
+from bot.storage.sqlite import SQLiteHistoryStore
 from bot.types import ChannelKey, IncomingMessage
-from bot.worker import ModelWorker
 from tests.fakes.backends import EchoBackend, WordCounter
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,12 +71,12 @@ def test_a_broken_persona_file_is_a_config_error(tmp_path: Path) -> None:
 
 async def test_channel_settings_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "h.db"
-    async with HistoryStore(path) as store:
+    async with SQLiteHistoryStore(path) as store:
         assert await store.channel_settings(KEY) == ChannelSettings()
         saved = ChannelSettings(persona="support", system_prompt="Be terse.",
                                 thread_replies=False, enabled=False)
         await store.save_channel_settings(KEY, saved)
-    async with HistoryStore(path) as store:
+    async with SQLiteHistoryStore(path) as store:
         assert await store.channel_settings(KEY) == saved
         assert await store.channel_settings(THREAD) == saved  # threads inherit
         assert await store.channel_settings(ChannelKey("discord", "C1")) == ChannelSettings()

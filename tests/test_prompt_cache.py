@@ -12,14 +12,14 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.config import Settings
-from bot.core import ConversationCore
-from bot.generation import GenerationRequest, SamplingParams, StepOutput
-from bot.hf_backend import HFBackend
-from bot.hf_batch import HFDecodeBatch
-from bot.history import HistoryStore
-from bot.prompt_cache import CachedPrompt, PromptCache, common_prefix
+from bot.core.conversation import ConversationCore
+from bot.engines.contract import GenerationRequest, SamplingParams, StepOutput
+from bot.engines.local.backend import HFBackend
+from bot.engines.local.batch import HFDecodeBatch
+from bot.engines.local.prompt_cache import CachedPrompt, PromptCache, common_prefix
+from bot.engines.worker import ModelWorker
+from bot.storage.sqlite import SQLiteHistoryStore
 from bot.types import ChannelKey, IncomingMessage, Prompt
-from bot.worker import ModelWorker
 from tests.conftest import with_settings
 
 # -- the cache itself --------------------------------------------------------------------
@@ -274,7 +274,7 @@ async def test_the_core_passes_the_channel_so_follow_ups_hit_the_cache(
                                          context_tokens=1024, prompt_cache_mb=budget)
             return backends[budget]
 
-        async with ModelWorker(make) as worker, HistoryStore(
+        async with ModelWorker(make) as worker, SQLiteHistoryStore(
                 greedy.history_db.with_suffix(f".{int(budget)}")) as store:
             core = ConversationCore(worker=worker, history=store, settings=greedy)
             answers[budget] = []

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.hf_backend import HFTokenCounter, PromptRenderer
-from bot.prompting import TRUNCATION_MARK, build_chat_prompt, chunk_lines, to_messages
+from bot.core.prompting import TRUNCATION_MARK, build_chat_prompt, chunk_lines, to_messages
+from bot.engines.local.rendering import HFTokenCounter, PromptRenderer
 from bot.types import Turn
 from tests.tiny_model import build_tokenizer
 
@@ -87,7 +87,7 @@ def test_chunks_keep_order_and_fit(counter: HFTokenCounter) -> None:
 
 
 def test_replies_are_cut_where_the_model_speaks_for_a_person() -> None:
-    from bot.prompting import cut_at_speaker
+    from bot.core.prompting import cut_at_speaker
 
     text = "You can return it within 45 days.\n\nada: How many days?\nBot: 45."
     assert cut_at_speaker(text, {"ada", "bob"}) == "You can return it within 45 days.\n"

@@ -17,12 +17,12 @@ import pytest
 
 from bot.app import hf_backend_factory
 from bot.config import Settings
-from bot.core import ConversationCore
-from bot.history import HistoryStore
-from bot.model_cache import cache_folder
-from bot.model_source import bundled_model
+from bot.core.conversation import ConversationCore
+from bot.engines.local.model_cache import cache_folder
+from bot.engines.local.model_source import bundled_model
+from bot.engines.worker import ModelWorker
+from bot.storage.sqlite import SQLiteHistoryStore
 from bot.types import ChannelKey, IncomingMessage, Turn
-from bot.worker import ModelWorker
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +44,8 @@ def real_settings(settings: Settings, model_cache: Path) -> Settings:
 @pytest.fixture
 async def real_core(real_settings: Settings) -> AsyncIterator[ConversationCore]:
     factory = hf_backend_factory(real_settings, bundled_model())
-    async with ModelWorker(factory) as worker, HistoryStore(real_settings.history_db) as store:
+    async with ModelWorker(factory) as worker, \
+            SQLiteHistoryStore(real_settings.history_db) as store:
         yield ConversationCore(worker=worker, history=store, settings=real_settings)
 
 
@@ -87,7 +88,7 @@ async def test_odd_input_gets_answers_and_the_bot_keeps_working(
 async def test_map_reduce_summary_on_a_small_window(real_settings: Settings) -> None:
     small = dataclasses.replace(real_settings, context_tokens=384, max_new_tokens=48)
     factory = hf_backend_factory(small, bundled_model())
-    async with ModelWorker(factory) as worker, HistoryStore(small.history_db) as store:
+    async with ModelWorker(factory) as worker, SQLiteHistoryStore(small.history_db) as store:
         core = ConversationCore(worker=worker, history=store, settings=small)
         for i in range(30):
             await store.add(KEY, Turn(
@@ -115,10 +116,11 @@ def test_console_answers_piped_input(model_cache: Path, tmp_path: Path) -> None:
 
 async def test_support_channel_answers_from_the_sample_knowledge_base(
         real_settings: Settings, tmp_path: Path) -> None:
-    from bot.knowledge import KnowledgeBase
+    from bot.storage.knowledge import KnowledgeBase
 
     factory = hf_backend_factory(real_settings, bundled_model())
-    async with ModelWorker(factory) as worker, HistoryStore(real_settings.history_db) as store, \
+    async with ModelWorker(factory) as worker, \
+            SQLiteHistoryStore(real_settings.history_db) as store, \
             KnowledgeBase(ROOT / "examples" / "knowledge", tmp_path / "kb.db") as kb:
         await kb.reindex()
         core = ConversationCore(worker=worker, history=store, settings=real_settings,

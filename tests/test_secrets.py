@@ -8,7 +8,7 @@ signature, malformed events) with every logger at DEBUG, and everything is searc
 
 * the raw log records, formatted as they are emitted (what any handler could write, before
   any redaction): no library or module of ours logs a secret at all;
-* what the app's own handler writes (`bot.log_setup.build_handler`, with `SecretRedactor`):
+* what the app's own handler writes (`bot.ops.log_setup.build_handler`, with `SecretRedactor`):
   the second lock, tested on its own below with records that do contain secrets;
 * every request body the bot sent to the fake Discord and Slack (the token belongs only in
   the Authorization header, which is not searched).
@@ -24,13 +24,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from bot.adapters.discord_adapter import DiscordAdapter
-from bot.adapters.slack_adapter import SlackAdapter
 from bot.config import Settings
-from bot.core import APOLOGY, ConversationCore
+from bot.core.conversation import APOLOGY, ConversationCore
 from bot.errors import ConfigError
-from bot.history import HistoryStore
-from bot.log_setup import REDACTED, SecretRedactor, build_handler
+from bot.ops.log_setup import REDACTED, SecretRedactor, build_handler
+from bot.platforms.discord.adapter import DiscordAdapter
+from bot.platforms.slack.app import SlackAdapter
+from bot.storage.interface import HistoryStore
 from tests.conftest import with_settings
 from tests.fakes.backends import FailingBackend
 from tests.fakes.discord_server import FakeDiscord, patched_discord_endpoints

@@ -19,27 +19,29 @@ from typing import Any
 import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.adapters.slack_adapter import (
-    QUEUED,
+from bot.config import Settings
+from bot.core.conversation import APOLOGY, ConversationCore
+from bot.core.summarize import MAP_INSTRUCTIONS
+from bot.engines.contract import GenerationRequest
+from bot.engines.worker import ModelWorker
+from bot.errors import ConfigError
+from bot.platforms.slack.app import (
     READING,
     SHORTCUT_CALLBACK_ID,
-    SLASH_COMMANDS,
     STOPPED,
     THINKING,
     SlackAdapter,
+)
+from bot.platforms.slack.delivery import QUEUED
+from bot.platforms.slack.events import (
+    SLASH_COMMANDS,
     command_to_incoming,
     shortcut_to_incoming,
     to_incoming,
 )
-from bot.adapters.slack_format import PART_CHARS, WORD_JOINER
-from bot.config import Settings
-from bot.core import APOLOGY, ConversationCore
-from bot.errors import ConfigError
-from bot.generation import GenerationRequest
-from bot.history import ChannelSettings, HistoryStore
-from bot.summarize import MAP_INSTRUCTIONS
+from bot.platforms.slack.format import PART_CHARS, WORD_JOINER
+from bot.storage.interface import ChannelSettings, HistoryStore
 from bot.types import ChannelKey, Reply, Turn
-from bot.worker import ModelWorker
 from tests.conftest import with_settings
 from tests.fakes import slack_server
 from tests.fakes.backends import EchoBackend, FailingBackend, GatedBackend

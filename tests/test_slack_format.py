@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.adapters.slack_format import (
+from bot.platforms.slack.format import (
     PART_CHARS,
     WORD_JOINER,
     escape,

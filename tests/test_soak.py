@@ -37,16 +37,16 @@ import pytest
 from slack_sdk.web.async_client import AsyncWebClient
 
 import bot.app
-from bot.adapters.base import Adapter, split_text
-from bot.adapters.discord_adapter import DiscordAdapter
-from bot.adapters.discord_text import neutralize_broadcasts
-from bot.adapters.slack_adapter import SlackAdapter
-from bot.adapters.slack_format import PART_CHARS, markdown_to_mrkdwn
 from bot.app import hf_backend_factory, run_bot
 from bot.config import Settings
-from bot.core import ConversationCore
+from bot.core.conversation import ConversationCore
+from bot.engines.local.model_source import resolve_model
 from bot.errors import BusyError
-from bot.model_source import resolve_model
+from bot.platforms.base import Adapter, split_text
+from bot.platforms.discord.adapter import DiscordAdapter
+from bot.platforms.discord.text import neutralize_broadcasts
+from bot.platforms.slack.app import SlackAdapter
+from bot.platforms.slack.format import PART_CHARS, markdown_to_mrkdwn
 from bot.types import IncomingMessage, Reply
 from tests.fakes.discord_server import FakeChannel, FakeDiscord, patched_discord_endpoints
 from tests.fakes.slack_server import FakeSlack
@@ -340,8 +340,8 @@ def one_torch_thread() -> Iterator[None]:
 
     Why: on a 2-core CI machine the default (one thread per core) makes the tiny model's
     32-wide matrix products wait on each other's OpenMP spin-waits and on the event loop:
-    measured 20x slower than one thread. The bot shortens the spin (`bot.openmp`), but only
-    before torch loads, and in this process conftest loaded it first. The soak is about the
+    measured 20x slower than one thread. The bot shortens the spin (`engines.local.openmp`),
+    but only before torch loads, and in this process conftest loaded it first. The soak is about the
     bot's plumbing under load; model speed has `bot.bench`.
     """
     import torch

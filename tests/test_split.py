@@ -7,7 +7,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.adapters.base import EditThrottle, split_text
+from bot.platforms.base import EditThrottle, split_text
 
 FENCE_LINE = re.compile(r"^```[\w+-]*$", re.MULTILINE)
 

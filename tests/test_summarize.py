@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bot.summarize import MAP_INSTRUCTIONS, REDUCE_INSTRUCTIONS, summarize_lines
+from bot.core.summarize import MAP_INSTRUCTIONS, REDUCE_INSTRUCTIONS, summarize_lines
 from bot.types import Prompt
 from tests.fakes.backends import WordCounter
 

@@ -28,11 +28,13 @@ import re
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bot.adapters.base import split_text
-from bot.adapters.discord_text import MESSAGE_LIMIT, ZERO_WIDTH_SPACE
-from bot.adapters.discord_text import neutralize_broadcasts as discord_neutralize
-from bot.adapters.slack_adapter import _preview, _safe
-from bot.adapters.slack_format import (
+from bot.core.conversation import clean_text
+from bot.platforms.base import split_text
+from bot.platforms.discord.text import MESSAGE_LIMIT, ZERO_WIDTH_SPACE
+from bot.platforms.discord.text import neutralize_broadcasts as discord_neutralize
+from bot.platforms.slack.delivery import preview as _preview
+from bot.platforms.slack.delivery import safe as _safe
+from bot.platforms.slack.format import (
     PART_CHARS,
     WORD_JOINER,
     escape,
@@ -41,8 +43,7 @@ from bot.adapters.slack_format import (
     slack_to_text,
     unescape,
 )
-from bot.adapters.slack_format import neutralize_broadcasts as slack_neutralize
-from bot.core import clean_text
+from bot.platforms.slack.format import neutralize_broadcasts as slack_neutralize
 
 ZERO_WIDTH = ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff"]
 FULL_WIDTH = ["＠", "ｅｖｅｒｙｏｎｅ", "ＥＶＥＲＹＯＮＥ", "ｈｅｒｅ", "ｃｈａｎｎｅｌ",

@@ -7,9 +7,9 @@ import threading
 
 import pytest
 
+from bot.engines.contract import GenerationRequest, SamplingParams
+from bot.engines.worker import ModelWorker
 from bot.errors import BusyError, GenerationError, ModelLoadError
-from bot.generation import GenerationRequest, SamplingParams
-from bot.worker import ModelWorker
 from tests.fakes.backends import EchoBackend, FailingBackend, GatedBackend
 
 

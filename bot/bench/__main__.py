@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import bot.openmp  # noqa: F401 - as in the bot: before anything imports torch
+import bot.engines.local.openmp  # noqa: F401 - as in the bot: before anything imports torch
 
 # isort: split
 from bot.bench import report
@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     """Every scenario in turn; returns the JSON report."""
     from bot.bench import scenarios
-    from bot.model_source import resolve_model
+    from bot.engines.local.model_source import resolve_model
 
     quick = args.quick
     options = {"quick": quick,
@@ -82,10 +82,11 @@ async def serve(args: argparse.Namespace, settings: Settings,
     import torch
 
     from bot.bench import scenarios
-    from bot.hf_backend import HFBackend, HFTokenCounter, PromptRenderer
-    from bot.model_cache import load_pretrained
-    from bot.model_source import resolve_model
-    from bot.worker import ModelWorker
+    from bot.engines.local.backend import HFBackend
+    from bot.engines.local.model_cache import load_pretrained
+    from bot.engines.local.model_source import resolve_model
+    from bot.engines.local.rendering import HFTokenCounter, PromptRenderer
+    from bot.engines.worker import ModelWorker
 
     source = resolve_model(args.model)
     model, tokenizer = load_pretrained(source, dtype=torch.float32, cache_dir=args.cache_dir)

@@ -21,12 +21,12 @@ import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from bot.config import Settings
-from bot.generation import GenerationRequest, SamplingParams
-from bot.hf_backend import HFTokenCounter, PromptRenderer
-from bot.model_source import ModelSource
-from bot.prompt_cache import PromptCache
+from bot.engines.contract import GenerationRequest, SamplingParams
+from bot.engines.local.model_source import ModelSource
+from bot.engines.local.prompt_cache import PromptCache
+from bot.engines.local.rendering import HFTokenCounter, PromptRenderer
+from bot.engines.worker import ModelWorker
 from bot.types import Prompt
-from bot.worker import ModelWorker
 
 QUESTIONS = [
     "What is the capital of France?", "Explain how rain forms.",

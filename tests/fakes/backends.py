@@ -1,11 +1,11 @@
-"""Fake backends for unit tests: they satisfy `bot.generation.Backend` without a model."""
+"""Fake backends for unit tests: they satisfy `bot.engines.contract.Backend` without a model."""
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
 
-from bot.generation import GenerationRequest, ModelInfo, StepOutput
+from bot.engines.contract import GenerationRequest, ModelInfo, StepOutput
 from bot.types import Prompt
 
 FAKE_INFO = ModelInfo(name="fake", device="cpu", dtype="none", context_tokens=512)

@@ -1,1 +1,0 @@
-"""Adapters translate platform events into `IncomingMessage` and send `Reply` objects back."""

@@ -1,0 +1,353 @@
+"""The conversation core: decides whether and how to answer, and keeps history in order.
+
+It never imports discord, slack_bolt or torch. Adapters call `handle()` with an
+`IncomingMessage` and send the `Reply` it returns; while the model works, `on_progress`
+receives the reply so far, so each adapter can stream it its own way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import re
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Mapping
+
+from bot.config import Settings
+from bot.core.commands import (
+    COMMANDS,
+    CommandContext,
+    ProgressCallback,
+    QueueCallback,
+    TranscriptFetcher,
+)
+from bot.core.personas import DEFAULT_PERSONA, Persona, load_personas
+from bot.core.prompting import build_chat_prompt, cut_at_speaker, knowledge_block
+from bot.core.rate_limit import RateLimiter
+from bot.core.summarize import summarize_lines
+from bot.engines.contract import GenerationRequest, SamplingParams
+from bot.engines.handles import GenerationHandle
+from bot.engines.service import GenerationService
+from bot.errors import BusyError, GenerationError, RateLimited, UserError
+from bot.ops.metrics import BotMetrics
+from bot.ops.request_context import new_request_id
+from bot.ops.request_context import outcome as request_outcome
+from bot.storage.interface import ChannelSettings, HistoryStore
+from bot.storage.knowledge import KnowledgeBase
+from bot.types import ChannelKey, IncomingMessage, Prompt, Reply, Turn
+
+log = logging.getLogger(__name__)
+
+APOLOGY = "Sorry, something went wrong while I was answering. Please try again."
+EMPTY_PROMPT_HINT = "Hi! Ask me something, or type /help to see what I can do."
+TIMEOUT_MARK = "\n\n_(cut off: the answer took too long)_"
+SHUTDOWN_MARK = "\n\n_(cut off: the bot is restarting)_"
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
+
+
+class _Dropped(Exception):
+    """A request that went stale before generation started; it gets no reply."""
+
+
+def clean_text(text: str) -> str:
+    """Drop control and invisible formatting characters; keep newlines, tabs and emoji."""
+    return _CONTROL.sub("", text.replace("\r\n", "\n")).strip()
+
+
+class ConversationCore:
+    """Routes messages to commands or the model, and records the conversation.
+
+    Args:
+        worker: generates text (`ModelWorker` or anything with the same surface).
+        history: where each channel's turns are kept.
+        settings: prompt, sampling and limits.
+        clock: monotonic seconds, injectable for uptime tests.
+    """
+
+    def __init__(self, *, worker: GenerationService, history: HistoryStore, settings: Settings,
+                 personas: Mapping[str, Persona] | None = None,
+                 knowledge: KnowledgeBase | None = None, metrics: BotMetrics | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.worker = worker
+        self.history = history
+        self.settings = settings
+        self.personas = dict(personas) if personas is not None else load_personas()
+        self.knowledge = knowledge
+        self.metrics = metrics or BotMetrics()
+        self.metrics.watch_queue(lambda: self.worker.queue_depth)
+        self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, clock=clock)
+        self._latest: dict[tuple[ChannelKey, str], str] = {}
+        self._deleted: OrderedDict[tuple[ChannelKey, str], None] = OrderedDict()
+        self._inflight: dict[tuple[ChannelKey, str], GenerationHandle] = {}
+        self._clock = clock
+        self._started = clock()
+        self._locks: defaultdict[ChannelKey, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.sampling = SamplingParams(max_new_tokens=settings.max_new_tokens,
+                                       temperature=settings.temperature, top_p=settings.top_p)
+
+    async def handle(self, msg: IncomingMessage, *, on_progress: ProgressCallback | None = None,
+                     fetch_transcript: TranscriptFetcher | None = None,
+                     on_queued: QueueCallback | None = None) -> Reply | None:
+        """Answer `msg`, or record it as context and return None when not addressed.
+
+        Never raises for a user's input: user errors come back as their message, anything
+        unexpected is logged with its traceback and answered with a short apology.
+        """
+        text = clean_text(msg.text)
+        try:
+            command, args = self._parse_command(msg, text)
+            channel = await self.history.channel_settings(msg.key)
+            if command is None and not (channel.enabled and (
+                    msg.addressed or await self._continues_bot_thread(msg, text, channel))):
+                await self._record_context(msg, text)
+                return None
+            if not msg.addressed and command is not None:
+                return None  # a stray "/word" in passing is not a command for the bot
+        except Exception:
+            log.exception("could not read the settings of %s", msg.key)
+            return Reply(msg.key, APOLOGY, reply_to=msg.message_id)
+        new_request_id(msg.key.platform)
+        log.info("request from %s in %s: %s", msg.author_id, msg.key,
+                 f"/{command}" if command else f"{len(text)} characters")
+        try:
+            self._check_rate(msg)
+            if command is None:
+                answer = await self.chat(msg, text, on_progress=on_progress,
+                                         on_queued=on_queued)
+            else:
+                entry = COMMANDS.get(command)
+                if entry is None:
+                    raise UserError(f"I don't know the command /{command}. Try /help.")
+                request_outcome.set("command")
+                ctx = CommandContext(self, msg, args, on_progress, fetch_transcript, on_queued)
+                answer = await entry.handler(ctx)
+        except _Dropped as dropped:
+            log.info("dropped: %s", dropped)
+            self.metrics.count(msg.key.platform, "dropped")
+            return None
+        except BusyError as exc:
+            request_outcome.set("busy")
+            answer = str(exc)
+        except RateLimited as exc:
+            request_outcome.set("rate_limited")
+            answer = str(exc)
+        except UserError as exc:
+            request_outcome.set("refused")
+            answer = str(exc)
+        except GenerationError:
+            log.warning("generation failed for %s", msg.key, exc_info=True)
+            request_outcome.set("error")
+            answer = APOLOGY
+        except Exception:
+            log.exception("unexpected error while handling a message in %s", msg.key)
+            request_outcome.set("error")
+            answer = APOLOGY
+        self.metrics.count(msg.key.platform, request_outcome.get())
+        log.info("reply: %s, %d characters", request_outcome.get(), len(answer))
+        return Reply(msg.key, answer, reply_to=msg.message_id)
+
+    def message_deleted(self, key: ChannelKey, message_id: str) -> None:
+        """An adapter saw a message deleted: a request for it is dropped, not answered."""
+        self._deleted[(key, message_id)] = None
+        while len(self._deleted) > 10_000:
+            self._deleted.popitem(last=False)
+        handle = self._inflight.get((key, message_id))
+        if handle is not None and not handle.started:
+            handle.cancel()  # still queued: the worker skips it (once started, it is answered)
+
+    def _check_rate(self, msg: IncomingMessage) -> None:
+        if msg.is_admin:
+            return  # admins are exempt, so they can always reach /reset and /settings
+        wait = self.rate_limiter.retry_after((msg.key.platform, msg.author_id))
+        if wait > 0:
+            raise RateLimited(
+                f"You're sending requests faster than I can answer (at most "
+                f"{self.rate_limiter.per_minute} a minute). Please try again in "
+                f"{max(1, math.ceil(wait))} s.")
+
+    def _check_stale(self, msg: IncomingMessage) -> None:
+        """Raise `_Dropped` if the message was deleted or its author has sent a newer one."""
+        author = (msg.key, msg.author_id)
+        if (msg.key, msg.message_id) in self._deleted:
+            raise _Dropped(f"message {msg.message_id} was deleted before generation started")
+        latest = self._latest.get(author)
+        if latest is not None and latest != msg.message_id:
+            raise _Dropped(f"{msg.author_id} sent a newer message in {msg.key}")
+
+    async def _continues_bot_thread(self, msg: IncomingMessage, text: str,
+                                    channel: ChannelSettings) -> bool:
+        """An unmentioned message in a thread the bot is part of, where that is wanted."""
+        if not (text and msg.key.thread_id and channel.thread_replies):
+            return False
+        return msg.in_bot_thread or await self.history.has_assistant_turn(msg.key)
+
+    async def _record_context(self, msg: IncomingMessage, text: str) -> None:
+        if text and not text.startswith("/"):
+            await self.history.add(msg.key, Turn("user", msg.author_name,
+                                                 text[: self.settings.max_input_chars]),
+                                   message_id=msg.message_id)
+
+    def persona_for(self, channel: ChannelSettings) -> Persona:
+        """The channel's persona, falling back to the default if it was removed."""
+        return self.personas.get(channel.persona or DEFAULT_PERSONA,
+                                 self.personas[DEFAULT_PERSONA])
+
+    def sampling_for(self, persona: Persona) -> SamplingParams:
+        """The persona's sampling; its reply budget never takes over half the context."""
+        budget = persona.max_new_tokens or self.settings.max_new_tokens
+        return SamplingParams(
+            max_new_tokens=min(budget, self.worker.info.context_tokens // 2),
+            temperature=(self.settings.temperature if persona.temperature is None
+                         else persona.temperature),
+            top_p=self.settings.top_p if persona.top_p is None else persona.top_p)
+
+    def system_prompt_for(self, channel: ChannelSettings, persona: Persona) -> str:
+        prompt = channel.system_prompt or persona.system_prompt or self.settings.system_prompt
+        return prompt.replace("{bot_name}", self.settings.bot_name)
+
+    @staticmethod
+    def _parse_command(msg: IncomingMessage, text: str) -> tuple[str | None, str]:
+        if msg.command:
+            return msg.command.lower().lstrip("/"), clean_text(msg.args)
+        if text.startswith("/") and len(text) > 1:
+            name, _, args = text[1:].partition(" ")
+            return name.lower(), args.strip()
+        return None, text
+
+    async def chat(self, msg: IncomingMessage, text: str, *,
+                   on_progress: ProgressCallback | None = None,
+                   on_queued: QueueCallback | None = None) -> str:
+        """Answer `text` from `msg`'s author with the channel's history as context."""
+        text = clean_text(text)
+        if not text:
+            return EMPTY_PROMPT_HINT
+        limit = self.settings.max_input_chars
+        if len(text) > limit:
+            raise UserError(f"That message is too long for me ({len(text):,} characters); "
+                            f"please keep it under {limit:,}.")
+        channel = await self.history.channel_settings(msg.key)
+        persona = self.persona_for(channel)
+        sampling = self.sampling_for(persona)
+        system = self.system_prompt_for(channel, persona)
+        context_tokens = self.worker.info.context_tokens
+        reference, sources = "", list[str]()
+        if persona.use_knowledge and self.knowledge is not None:
+            passages = await self.knowledge.search(
+                text, scope=persona.name, limit=self.settings.knowledge_passages)
+            reference, sources = await asyncio.to_thread(
+                knowledge_block, self.worker.token_counter, passages,
+                (context_tokens - sampling.max_new_tokens) // 2)
+        author = (msg.key, msg.author_id)
+        self._latest[author] = msg.message_id
+        async with self._locks[msg.key]:
+            self._check_stale(msg)
+            turns = await self.history.recent(msg.key)
+            user_turn = Turn("user", msg.author_name, text)
+            prompt = await asyncio.to_thread(
+                build_chat_prompt, self.worker.token_counter, system=system, history=turns,
+                message=user_turn, context_tokens=context_tokens,
+                reply_tokens=sampling.max_new_tokens, reference=reference)
+            ahead = self.worker.queue_depth
+            handle = self.worker.submit(GenerationRequest(prompt, sampling,
+                                                          cache_key=str(msg.key)))
+            pending = (msg.key, msg.message_id)
+            self._inflight[pending] = handle
+            try:
+                # Stored before anything is shown, so an acknowledged message survives a crash.
+                await self.history.add(msg.key, user_turn, message_id=msg.message_id)
+                if ahead and on_queued is not None:
+                    await on_queued(ahead)
+                speakers = {t.author for t in turns if t.role == "user"} | {msg.author_name}
+                answer = await self._stream(handle, on_progress, speakers)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if not handle.cancelled or (task is not None and task.cancelling()):
+                    raise
+                await self.history.delete_message(msg.key, msg.message_id)
+                raise _Dropped(f"message {msg.message_id} was deleted while queued") from None
+            finally:
+                self._inflight.pop(pending, None)
+            await self.history.add(msg.key, Turn("assistant", self.settings.bot_name, answer))
+            if self._latest.get(author) == msg.message_id:
+                del self._latest[author]
+        if sources:
+            answer += "\n\nSources: " + ", ".join(sources)
+        return answer
+
+    async def _stream(self, handle: GenerationHandle, on_progress: ProgressCallback | None,
+                      speakers: set[str]) -> str:
+        """Relay the reply as it grows, cut where the model starts writing as a person."""
+        so_far = ""
+        started = time.monotonic()
+        first: float | None = None
+        async for piece in handle:
+            if first is None:
+                first = time.monotonic() - started
+            so_far += piece
+            shown = cut_at_speaker(so_far, speakers)
+            if on_progress is not None and shown.strip():
+                await on_progress(shown)
+        completion = await handle.result()
+        total = time.monotonic() - started
+        tokens = await asyncio.to_thread(self.worker.token_counter.count_text, completion.text)
+        self.metrics.observe_generation(first_token=first, total=total, tokens=tokens)
+        log.info("generated %d tokens in %.2f s (first after %s s), %s", tokens, total,
+                 "-" if first is None else f"{first:.2f}", completion.stop_reason)
+        text = cut_at_speaker(completion.text, speakers).strip()
+        text = text or "(I had nothing to say to that.)"
+        if completion.stop_reason == "timeout":
+            request_outcome.set("timeout")
+            text += TIMEOUT_MARK
+        elif completion.stop_reason == "shutdown":
+            text += SHUTDOWN_MARK
+        return text
+
+    async def complete(self, prompt: Prompt) -> str:
+        """Run one prompt through the model without touching history."""
+        handle = self.worker.submit(GenerationRequest(prompt, self.sampling))
+        return (await handle.result()).text.strip()
+
+    async def summarize(self, key: ChannelKey, count: int, *,
+                        fetch_transcript: TranscriptFetcher | None = None) -> str:
+        """Summarise the last `count` messages, read from the platform when it can."""
+        if fetch_transcript is not None:
+            turns = await fetch_transcript(count)
+        else:
+            turns = await self.history.recent(key, count)
+        lines = [f"{t.author}: {clean_text(t.text)}" for t in turns[-count:] if t.text.strip()]
+        if not lines:
+            raise UserError("There is nothing to summarise here yet.")
+        async with self._locks[key]:  # one model job per channel keeps channels fair
+            summary = await summarize_lines(
+                lines, complete=self.complete, counter=self.worker.token_counter,
+                context_tokens=self.worker.info.context_tokens,
+                reply_tokens=self.sampling.max_new_tokens)
+        noun = "message" if len(lines) == 1 else "messages"
+        return f"Summary of the last {len(lines)} {noun}:\n{summary}"
+
+    async def status_text(self, key: ChannelKey) -> str:
+        info = self.worker.info
+        stats = await self.history.stats()
+        persona = self.persona_for(await self.history.channel_settings(key))
+        uptime = int(self._clock() - self._started)
+        hours, rest = divmod(uptime, 3600)
+        minutes, seconds = divmod(rest, 60)
+        lines = [
+            f"Model: {info.name} on {info.device} ({info.dtype}), "
+            f"context {info.context_tokens} tokens, replies up to "
+            f"{self.sampling_for(persona).max_new_tokens} tokens",
+            f"Queue: {self.worker.queue_depth} request(s) in progress or waiting "
+            f"(limit {self.settings.max_queue})",
+            f"Persona here: {persona.name}",
+            f"Stored: {await self.history.count(key)} messages in this conversation, "
+            f"{stats.turns} in {stats.channels} conversation(s) in all; "
+            + (f"kept {self.settings.history_retention_days:g} days"
+               if self.settings.history_retention_days else "kept until /reset or /forget"),
+        ]
+        if self.knowledge is not None:
+            kb = await self.knowledge.stats()
+            lines.append(f"Knowledge base: {kb.documents} documents, {kb.passages} passages")
+        lines.append(f"Uptime: {hours}h {minutes:02d}m {seconds:02d}s")
+        return "\n".join(lines)

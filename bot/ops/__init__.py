@@ -1,0 +1,1 @@
+"""Operations: the health and metrics endpoint, logging set-up, request ids."""

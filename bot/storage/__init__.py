@@ -1,0 +1,1 @@
+"""History, channel settings and the knowledge index, behind the interface in `interface`."""

@@ -1,0 +1,80 @@
+"""The storage interface the core uses, and the plain records that cross it.
+
+The core never knows which store it has: `bot.storage.sqlite` is the default, and another
+store (PostgreSQL for several instances) implements the same `HistoryStore` protocol.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from bot.types import ChannelKey, Turn
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSettings:
+    """How the bot behaves in one channel; its threads inherit it.
+
+    Attributes:
+        persona: a persona name, or None for the default.
+        system_prompt: a custom system prompt that replaces the persona's, or None.
+        thread_replies: answer every message in threads the bot is part of, unmentioned.
+        enabled: answer in this channel at all (admin commands always work).
+    """
+
+    persona: str | None = None
+    system_prompt: str | None = None
+    thread_replies: bool = True
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryStats:
+    """Totals for `/status`."""
+
+    channels: int
+    turns: int
+
+
+class HistoryStore(Protocol):
+    """What the core needs from a store; `SQLiteHistoryStore` is the default implementation.
+
+    Every method is a coroutine: an implementation does its I/O off the event loop.
+    """
+
+    async def open(self) -> HistoryStore: ...
+
+    async def close(self) -> None: ...
+
+    async def add(self, key: ChannelKey, turn: Turn, *, message_id: str | None = None) -> None:
+        """Append one turn; it is durable once this returns."""
+        ...
+
+    async def recent(self, key: ChannelKey, limit: int | None = None) -> list[Turn]:
+        """The channel's latest turns, oldest first."""
+        ...
+
+    async def reset(self, key: ChannelKey) -> int:
+        """Forget this conversation (channel or thread); returns the turns deleted."""
+        ...
+
+    async def stats(self) -> HistoryStats: ...
+
+    async def forget_channel(self, key: ChannelKey) -> int:
+        """Erase the channel, its threads and its settings for good."""
+        ...
+
+    async def delete_message(self, key: ChannelKey, message_id: str) -> int: ...
+
+    async def prune(self, older_than_days: float) -> int:
+        """Retention: delete turns older than this; returns how many."""
+        ...
+
+    async def count(self, key: ChannelKey) -> int: ...
+
+    async def has_assistant_turn(self, key: ChannelKey) -> bool: ...
+
+    async def channel_settings(self, key: ChannelKey) -> ChannelSettings: ...
+
+    async def save_channel_settings(self, key: ChannelKey, settings: ChannelSettings) -> None: ...

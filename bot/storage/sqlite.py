@@ -1,0 +1,209 @@
+"""The default store: per-channel history and channel settings in one SQLite file.
+
+WAL mode with ``synchronous=NORMAL`` survives a killed process: every committed turn is in the
+file once `add()` returns. All database work runs on one private thread (`SQLiteRunner`), so
+the event loop never waits on disk.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import cast
+
+from bot.storage.interface import ChannelSettings, HistoryStats
+from bot.storage.sqlite_runner import SQLiteRunner
+from bot.types import ChannelKey, Role, Turn
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS turns (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    platform    TEXT NOT NULL,
+    channel_id  TEXT NOT NULL,
+    thread_id   TEXT NOT NULL DEFAULT '',
+    role        TEXT NOT NULL CHECK (role IN ('user', 'assistant')),
+    author      TEXT NOT NULL,
+    text        TEXT NOT NULL,
+    message_id  TEXT,
+    created_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS turns_by_channel ON turns (platform, channel_id, thread_id, id);
+CREATE TABLE IF NOT EXISTS channel_settings (
+    platform       TEXT NOT NULL,
+    channel_id     TEXT NOT NULL,
+    persona        TEXT,
+    system_prompt  TEXT,
+    thread_replies INTEGER NOT NULL DEFAULT 1,
+    enabled        INTEGER NOT NULL DEFAULT 1,
+    updated_at     REAL NOT NULL,
+    PRIMARY KEY (platform, channel_id)
+);
+"""
+
+
+class SQLiteHistoryStore:
+    """Bounded per-channel history, keyed by platform + channel + thread.
+
+    Args:
+        path: the SQLite file; its folder is created if missing. ``":memory:"`` for tests.
+        max_per_channel: older turns beyond this many are deleted as new ones arrive.
+    """
+
+    def __init__(self, path: str | Path, *, max_per_channel: int = 200) -> None:
+        self.path = path
+        self.max_per_channel = max_per_channel
+        self._sql = SQLiteRunner(path, _SCHEMA, name="history")
+        self._run = self._sql.run
+        self._conn = self._sql.conn
+
+    async def open(self) -> SQLiteHistoryStore:
+        await self._sql.open()
+        return self
+
+    async def __aenter__(self) -> SQLiteHistoryStore:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Checkpoint and close the file, then stop the private thread."""
+        await self._sql.close()
+
+    async def add(self, key: ChannelKey, turn: Turn, *, message_id: str | None = None) -> None:
+        """Append a turn and drop the channel's oldest beyond the bound."""
+        await self._run(self._add, key, turn, message_id)
+
+    async def recent(self, key: ChannelKey, limit: int | None = None) -> list[Turn]:
+        """The channel's last `limit` turns (all kept turns by default), oldest first."""
+        return await self._run(self._recent, key, limit or self.max_per_channel)
+
+    async def reset(self, key: ChannelKey) -> int:
+        """Forget the channel; returns how many turns were deleted."""
+        return await self._run(self._reset, key)
+
+    async def stats(self) -> HistoryStats:
+        return await self._run(self._stats)
+
+    async def forget_channel(self, key: ChannelKey) -> int:
+        """Delete everything stored for `key`'s channel (all its threads, its settings), for
+        good: deleted rows are overwritten and the WAL is checkpointed. Returns turns deleted."""
+        return await self._run(self._forget_channel, key)
+
+    async def delete_message(self, key: ChannelKey, message_id: str) -> int:
+        """Delete the turn of one platform message (the user deleted it)."""
+        return await self._run(self._delete_message, key, message_id)
+
+    async def prune(self, older_than_days: float) -> int:
+        """Delete turns older than the retention period; returns how many."""
+        return await self._run(self._prune, time.time() - older_than_days * 86_400)
+
+    async def count(self, key: ChannelKey) -> int:
+        """Turns stored for this conversation."""
+        return await self._run(self._count, key)
+
+    async def has_assistant_turn(self, key: ChannelKey) -> bool:
+        """Whether the bot has spoken in this conversation (a thread it is part of)."""
+        return await self._run(self._has_assistant_turn, key)
+
+    async def channel_settings(self, key: ChannelKey) -> ChannelSettings:
+        """The settings of `key`'s channel (threads share their channel's settings)."""
+        return await self._run(self._channel_settings, key)
+
+    async def save_channel_settings(self, key: ChannelKey, settings: ChannelSettings) -> None:
+        await self._run(self._save_channel_settings, key, settings)
+
+    # -- on the private thread -------------------------------------------------------
+
+    def _add(self, key: ChannelKey, turn: Turn, message_id: str | None) -> None:
+        db = self._conn()
+        where = (key.platform, key.channel_id, key.thread_id or "")
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO turns (platform, channel_id, thread_id, role, author, text,"
+                " message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (*where, turn.role, turn.author, turn.text, message_id, time.time()))
+            db.execute(
+                "DELETE FROM turns WHERE platform = ? AND channel_id = ? AND thread_id = ?"
+                " AND id <= (SELECT id FROM turns WHERE platform = ? AND channel_id = ?"
+                " AND thread_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (*where, *where, self.max_per_channel))
+
+    def _recent(self, key: ChannelKey, limit: int) -> list[Turn]:
+        rows = self._conn().execute(
+            "SELECT role, author, text FROM (SELECT id, role, author, text FROM turns"
+            " WHERE platform = ? AND channel_id = ? AND thread_id = ?"
+            " ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (key.platform, key.channel_id, key.thread_id or "", limit)).fetchall()
+        return [Turn(cast(Role, role), author, text) for role, author, text in rows]
+
+    def _reset(self, key: ChannelKey) -> int:
+        db = self._conn()
+        with db:
+            cursor = db.execute(
+                "DELETE FROM turns WHERE platform = ? AND channel_id = ? AND thread_id = ?",
+                (key.platform, key.channel_id, key.thread_id or ""))
+        return cursor.rowcount
+
+    def _stats(self) -> HistoryStats:
+        channels, turns = self._conn().execute(
+            "SELECT COUNT(DISTINCT platform || ':' || channel_id || ':' || thread_id),"
+            " COUNT(*) FROM turns").fetchone()
+        return HistoryStats(channels=channels, turns=turns)
+
+    def _has_assistant_turn(self, key: ChannelKey) -> bool:
+        row = self._conn().execute(
+            "SELECT 1 FROM turns WHERE platform = ? AND channel_id = ? AND thread_id = ?"
+            " AND role = 'assistant' LIMIT 1",
+            (key.platform, key.channel_id, key.thread_id or "")).fetchone()
+        return row is not None
+
+    def _channel_settings(self, key: ChannelKey) -> ChannelSettings:
+        row = self._conn().execute(
+            "SELECT persona, system_prompt, thread_replies, enabled FROM channel_settings"
+            " WHERE platform = ? AND channel_id = ?", (key.platform, key.channel_id)).fetchone()
+        if row is None:
+            return ChannelSettings()
+        persona, prompt, thread_replies, enabled = row
+        return ChannelSettings(persona, prompt, bool(thread_replies), bool(enabled))
+
+    def _save_channel_settings(self, key: ChannelKey, settings: ChannelSettings) -> None:
+        self._conn().execute(
+            "INSERT OR REPLACE INTO channel_settings (platform, channel_id, persona,"
+            " system_prompt, thread_replies, enabled, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key.platform, key.channel_id, settings.persona, settings.system_prompt,
+             int(settings.thread_replies), int(settings.enabled), time.time()))
+
+    def _forget_channel(self, key: ChannelKey) -> int:
+        db = self._conn()
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            deleted = db.execute("DELETE FROM turns WHERE platform = ? AND channel_id = ?",
+                                 (key.platform, key.channel_id)).rowcount
+            db.execute("DELETE FROM channel_settings WHERE platform = ? AND channel_id = ?",
+                       (key.platform, key.channel_id))
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
+
+    def _prune(self, cutoff: float) -> int:
+        db = self._conn()
+        with db:
+            deleted = db.execute("DELETE FROM turns WHERE created_at < ?", (cutoff,)).rowcount
+        if deleted:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return deleted
+
+    def _count(self, key: ChannelKey) -> int:
+        row = self._conn().execute(
+            "SELECT COUNT(*) FROM turns WHERE platform = ? AND channel_id = ? AND thread_id = ?",
+            (key.platform, key.channel_id, key.thread_id or "")).fetchone()
+        return int(row[0])
+
+    def _delete_message(self, key: ChannelKey, message_id: str) -> int:
+        db = self._conn()
+        with db:
+            return db.execute(
+                "DELETE FROM turns WHERE platform = ? AND channel_id = ? AND thread_id = ?"
+                " AND message_id = ?",
+                (key.platform, key.channel_id, key.thread_id or "", message_id)).rowcount
