@@ -239,9 +239,10 @@ class FakeOpenAI:
         self.max_active = max(self.max_active, self.active)
         try:
             await self._stream(request, response, body, behaviour, pieces)
-        except (ConnectionResetError, asyncio.CancelledError, RuntimeError):
+        except ConnectionResetError:  # the client closed its stream: what a real server sees
             self.disconnects += 1
-            self._touch()
+        except asyncio.CancelledError:
+            self.disconnects += 1
             raise
         finally:
             self.active -= 1

@@ -73,6 +73,7 @@ class RemoteHandle(GenerationHandle):
         self.task: asyncio.Task[None] | None = None
         self.partial = ""
         self.shutdown = False
+        self.queued = True
 
     def cancel(self) -> None:
         super().cancel()
@@ -166,7 +167,18 @@ class RemoteEngine:
         self._waiting += 1
         self._handles.add(handle)
         handle.task = asyncio.create_task(self._serve(handle), name="remote-generation")
+        # Bookkeeping in a callback: a task cancelled before it first runs skips its body.
+        handle.task.add_done_callback(lambda _: self._forget(handle))
         return handle
+
+    def _leave_queue(self, handle: RemoteHandle) -> None:
+        if handle.queued:
+            handle.queued = False
+            self._waiting -= 1
+
+    def _forget(self, handle: RemoteHandle) -> None:
+        self._leave_queue(handle)
+        self._handles.discard(handle)
 
     async def list_models(self) -> list[str]:
         """The server's models now (the last known list if it does not answer)."""
@@ -206,6 +218,8 @@ class RemoteEngine:
         tasks = []
         for handle in list(self._handles):
             handle.shutdown = True
+            if not handle.started:
+                handle.settle(GenerationError("the bot is shutting down"))
             if handle.task is not None and not handle.task.done():
                 handle.task.cancel()
                 tasks.append(handle.task)
@@ -256,12 +270,10 @@ class RemoteEngine:
     # -- one request -------------------------------------------------------------------------
 
     async def _serve(self, handle: RemoteHandle) -> None:
-        queued = True
         try:
             async with self._slots:
-                self._waiting -= 1
-                queued = False
-                if handle.cancelled:
+                self._leave_queue(handle)
+                if handle.cancelled or handle.shutdown:
                     return
                 self._active += 1
                 handle.started = True
@@ -283,14 +295,8 @@ class RemoteEngine:
                     self._active -= 1
                 handle.settle(outcome)
         except asyncio.CancelledError:
-            if handle.shutdown:
-                handle.settle(GenerationError("the bot is shutting down"))
-            elif not handle.cancelled:
+            if not (handle.shutdown or handle.cancelled):
                 raise
-        finally:
-            if queued:
-                self._waiting -= 1
-            self._handles.discard(handle)
 
     async def _generate(self, handle: RemoteHandle) -> Completion:
         loop = asyncio.get_running_loop()
