@@ -73,6 +73,8 @@ async def _bot_run(core: Any, question: str, key_id: str) -> Run:
 async def _direct_run(session: Any, base_url: str, messages: list[dict[str, str]],
                       max_new_tokens: int) -> Run:
     """The same prompt straight to the server: what any OpenAI client does."""
+    import aiohttp
+
     from bot.engines.remote.sse import DONE, SSEParser, chunk_delta, decode_chunk
 
     body = {"messages": messages, "max_tokens": max_new_tokens, "temperature": 0.0,
@@ -80,7 +82,11 @@ async def _direct_run(session: Any, base_url: str, messages: list[dict[str, str]
     start = time.perf_counter()
     first: float | None = None
     parts: list[str] = []
-    async with session.post(f"{base_url}/chat/completions", json=body) as response:
+    try:
+        response = await session.post(f"{base_url}/chat/completions", json=body)
+    except aiohttp.ServerDisconnectedError:  # a stale pooled connection: retry, as clients do
+        response = await session.post(f"{base_url}/chat/completions", json=body)
+    async with response:
         parser = SSEParser()
         async for line in response.content:
             data = parser.feed(line)
@@ -169,7 +175,9 @@ async def child(side: str, base_url: str, max_new_tokens: int, long_tokens: int,
             sides: dict[str, Side] = {"bot": bot}
             session = None
             if side == "remote":
-                session = aiohttp.ClientSession()
+                # As the bot's client does: drop idle connections before llama.cpp does (5 s).
+                session = aiohttp.ClientSession(
+                    connector=aiohttp.TCPConnector(keepalive_timeout=2.0))
 
                 async def direct(budget: int, question: str) -> Run:
                     assert session is not None
@@ -179,7 +187,7 @@ async def child(side: str, base_url: str, max_new_tokens: int, long_tokens: int,
                 sides = {"direct": direct, "bot": bot}
             try:
                 for one in sides.values():  # warm-up: imports, connections, the system prompt
-                    await asyncio.gather(*(one(8, f"{q} (#{next(numbers)})")
+                    await asyncio.gather(*(one(max_new_tokens, f"{q} (#{next(numbers)})")
                                            for q in QUESTIONS))
                 results = {
                     "1": await _rounds(1, repeats, long_tokens, sides, numbers.__next__),

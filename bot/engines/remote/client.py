@@ -28,6 +28,9 @@ from bot.engines.remote.sse import DONE, Delta, SSEParser, chunk_delta, decode_c
 _CONTEXT_WORDS = re.compile(
     r"context[ _](length|size|window)|maximum context|exceed_context|exceeds the available "
     r"context|too many tokens|prompt is too long|input .*longer than", re.IGNORECASE)
+KEEPALIVE_S = 2.0
+"""aiohttp drops idle connections within twice this: under llama.cpp's 5 s."""
+_STALE = (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError)
 _CONNECTION_ERRORS = (aiohttp.ClientConnectorError, aiohttp.ServerDisconnectedError,
                       aiohttp.ClientOSError, ConnectionError)
 
@@ -96,7 +99,11 @@ class OpenAIClient:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self.headers)
+            # Servers close idle keep-alive connections (llama.cpp after 5 s); give them up
+            # first, so a request rarely meets a connection the server has just closed.
+            connector = aiohttp.TCPConnector(keepalive_timeout=KEEPALIVE_S)
+            self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self.headers,
+                                                  connector=connector)
         return self._session
 
     async def close(self) -> None:
@@ -128,11 +135,20 @@ class OpenAIClient:
             StreamErrorEvent: the server put an error into the stream.
         """
         url = f"{self.base_url}/chat/completions"
-        try:
-            response = await self.session.post(url, json={**body, "stream": True},
-                                               headers={"Accept": "text/event-stream"})
-        except _CONNECTION_ERRORS as exc:
-            raise Unreachable(f"POST {url}: {_describe(exc)}") from None
+        response = None
+        for attempt in (1, 2):
+            try:
+                response = await self.session.post(url, json={**body, "stream": True},
+                                                   headers={"Accept": "text/event-stream"})
+                break
+            except _STALE as exc:
+                # A pooled connection the server closed as we reused it: nothing was
+                # generated, so one retry on a fresh connection is safe.
+                if attempt == 2:
+                    raise Unreachable(f"POST {url}: {_describe(exc)}") from None
+            except _CONNECTION_ERRORS as exc:
+                raise Unreachable(f"POST {url}: {_describe(exc)}") from None
+        assert response is not None
         clean_end = False
         try:
             if response.status != 200:
