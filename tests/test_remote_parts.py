@@ -144,3 +144,19 @@ def test_estimates_err_on_the_high_side(text: str) -> None:
     # Real tokenizers give ~4 bytes a token for English, 1-2 tokens per CJK character.
     assert estimate_tokens(text) >= len(text.encode("utf-8")) / 4
     assert estimate_tokens(text) >= len(fake_tokens(text)) * 0.9
+
+
+def test_remote_settings_parse_and_bad_values_name_their_variable() -> None:
+    from bot.config import Settings
+    from bot.errors import ConfigError
+
+    settings = Settings.from_env({"LLM_BASE_URL": "http://127.0.0.1:8080/v1/",
+                                  "LLM_API_KEY": "k", "LLM_MODEL": "qwen3:8b",
+                                  "LLM_MAX_CONCURRENCY": "16"})
+    assert settings.llm_base_url == "http://127.0.0.1:8080/v1"
+    assert (settings.llm_model, settings.llm_max_concurrency) == ("qwen3:8b", 16)
+    assert Settings.from_env({}).llm_base_url is None
+    for name, value in (("LLM_BASE_URL", "127.0.0.1:8080"), ("LLM_BASE_URL", "ftp://x"),
+                        ("LLM_MAX_CONCURRENCY", "0"), ("LLM_MAX_CONCURRENCY", "many")):
+        with pytest.raises(ConfigError, match=f"^{name}: expected"):
+            Settings.from_env({name: value})
