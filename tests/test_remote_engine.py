@@ -458,3 +458,37 @@ async def test_channel_model_survives_and_old_files_are_migrated(tmp_path: Path)
         await store.save_channel_settings(KEY, dataclasses.replace(old, model="large"))
     async with SQLiteHistoryStore(path) as store:
         assert (await store.channel_settings(KEY)).model == "large"
+
+
+async def test_model_slash_commands_on_discord_and_slack(
+        fake: FakeOpenAI, settings: Settings, history: HistoryStore) -> None:
+    from tests.fakes.discord_server import FakeDiscord, Perm
+    from tests.fakes.slack_server import FakeSlack
+    from tests.test_discord_adapter import channel, serving, wait_done
+    from tests.test_slack_adapter import ALICE, BOB, BOSS, CHANNEL, running
+
+    slack_settings = dataclasses.replace(settings, slack_bot_token="xoxb-test",
+                                         slack_app_token="xapp-test")
+    admin = Perm.VIEW_CHANNEL | Perm.MANAGE_MESSAGES
+    async with core_for(fake, settings, history) as core:
+        async with FakeDiscord() as discord_fake, serving(discord_fake, core, settings):
+            listing = await wait_done(await discord_fake.invoke_slash_command("model"))
+            chosen = await wait_done(await discord_fake.invoke_slash_command(
+                "model", {"name": "large"}, member_permissions=admin))
+            key = ChannelKey("discord", str(channel(discord_fake).id))
+        async with FakeSlack() as slack_fake:
+            slack_fake.add_channel(CHANNEL, name="general", creator=BOB)
+            slack_fake.add_user(ALICE, "alice")
+            slack_fake.add_user(BOSS, "boss", is_admin=True)
+            async with running(core, slack_settings, slack_fake):
+                await slack_fake.send_slash_command("/model", "large", CHANNEL, ALICE)
+                await slack_fake.send_slash_command("/model", "large", CHANNEL, BOSS)
+                texts = await slack_fake.wait_for(lambda: [
+                    str(r["body"].get("text", "")) for r in slack_fake.response_posts][-2:]
+                    if len(slack_fake.response_posts) >= 2 else None)
+    assert "**small** (the default)" in listing and "• large" in listing
+    assert chosen == "This channel now uses the model **large**."
+    assert (await history.channel_settings(key)).model == "large"
+    assert sorted(texts) == ["Only members who can manage messages here may change the model.",
+                             "This channel now uses the model *large*."]  # in either order
+    assert (await history.channel_settings(ChannelKey("slack", CHANNEL))).model == "large"
