@@ -492,3 +492,20 @@ async def test_model_slash_commands_on_discord_and_slack(
     assert sorted(texts) == ["Only members who can manage messages here may change the model.",
                              "This channel now uses the model *large*."]  # in either order
     assert (await history.channel_settings(ChannelKey("slack", CHANNEL))).model == "large"
+
+
+async def test_prompt_beginning_stays_stable_across_turns_for_the_prefix_cache(
+        fake: FakeOpenAI, settings: Settings, history: HistoryStore) -> None:
+    small = dataclasses.replace(settings, max_new_tokens=16, rate_limit_per_minute=0)
+    async with FakeOpenAI(n_ctx=400) as server, core_for(server, small, history) as core:
+        for i in range(20):
+            await core.handle(message(f"message number {i} with a few more words in it",
+                                      message_id=f"m{i}"))
+        prompts = [r["messages"] for r in server.requests]
+    assert len(prompts) == 20
+    assert all(len(fake_tokens(render(p))) <= 400 - 16 for p in prompts)  # always fits
+    assert len(prompts[-1]) < 2 * 20  # the history was cut
+    firsts = [p[1]["content"] for p in prompts[1:]]  # the first history line of each prompt
+    changes = sum(a != b for a, b in zip(firsts, firsts[1:]))
+    # Cut with headroom, the beginning moves now and then, not on every turn once full.
+    assert 1 <= changes <= 6, firsts

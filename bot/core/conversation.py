@@ -24,7 +24,7 @@ from bot.core.commands import (
     TranscriptFetcher,
 )
 from bot.core.personas import DEFAULT_PERSONA, Persona, load_personas
-from bot.core.prompting import build_chat_prompt, cut_at_speaker, knowledge_block
+from bot.core.prompting import build_chat_prompt, cut_at_speaker, knowledge_block, window_from
 from bot.core.rate_limit import RateLimiter
 from bot.core.summarize import summarize_lines
 from bot.engines.contract import GenerationRequest, SamplingParams
@@ -46,6 +46,9 @@ TIMEOUT_MARK = "\n\n_(cut off: the answer took too long)_"
 SHUTDOWN_MARK = "\n\n_(cut off: the bot is restarting)_"
 SERVER_ERROR_MARK = "\n\n_(cut off: the model server stopped answering; please ask again)_"
 THINKING = "_thinking..._"
+PREFIX_HEADROOM = 4
+"""When history must be cut, cut to 1/4 of the budget below the limit, so the next turns fit
+behind the same beginning (a stable prefix for the servers' and our own prompt caches)."""
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
 
 
@@ -86,6 +89,7 @@ class ConversationCore:
         self._clock = clock
         self._started = clock()
         self._locks: defaultdict[ChannelKey, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._prompt_starts: OrderedDict[ChannelKey, Turn] = OrderedDict()
         self.sampling = SamplingParams(max_new_tokens=settings.max_new_tokens,
                                        temperature=settings.temperature, top_p=settings.top_p)
 
@@ -250,10 +254,10 @@ class ConversationCore:
             self._check_stale(msg)
             turns = await self.history.recent(msg.key)
             user_turn = Turn("user", msg.author_name, text)
-            prompt = await asyncio.to_thread(
-                build_chat_prompt, self.worker.token_counter, system=system, history=turns,
-                message=user_turn, context_tokens=context_tokens,
-                reply_tokens=sampling.max_new_tokens, reference=reference)
+            prompt, start = await asyncio.to_thread(
+                self._stable_prompt, window_from(turns, self._prompt_starts.get(msg.key)),
+                system, user_turn, context_tokens, sampling.max_new_tokens, reference)
+            self._remember_start(msg.key, start)
             ahead = self.worker.queue_depth
             handle = self.worker.submit(GenerationRequest(prompt, sampling,
                                                           cache_key=str(msg.key),
@@ -281,6 +285,37 @@ class ConversationCore:
         if sources:
             answer += "\n\nSources: " + ", ".join(sources)
         return answer
+
+    def _stable_prompt(self, window: list[Turn], system: str, user_turn: Turn,
+                       context_tokens: int, reply_tokens: int,
+                       reference: str) -> tuple[Prompt, Turn | None]:
+        """The prompt over `window` (the history from where this channel's last prompt began)
+        and the turn it now begins with.
+
+        When the window no longer fits, it is cut with headroom (`PREFIX_HEADROOM`), so the
+        new beginning also holds for the next few turns. Runs off the event loop.
+        """
+        kept: list[Turn] = []
+
+        def build(reply: int) -> Prompt:
+            return build_chat_prompt(self.worker.token_counter, system=system, history=window,
+                                     message=user_turn, context_tokens=context_tokens,
+                                     reply_tokens=reply, reference=reference, kept_out=kept)
+
+        prompt = build(reply_tokens)
+        if len(kept) < len(window):  # cut: cut deeper, so the next turns keep this start
+            headroom = (context_tokens - reply_tokens) // PREFIX_HEADROOM
+            prompt = build(reply_tokens + headroom)
+        return prompt, (kept[0] if kept else None)
+
+    def _remember_start(self, key: ChannelKey, start: Turn | None) -> None:
+        if start is None:
+            self._prompt_starts.pop(key, None)
+            return
+        self._prompt_starts[key] = start
+        self._prompt_starts.move_to_end(key)
+        while len(self._prompt_starts) > 10_000:
+            self._prompt_starts.popitem(last=False)
 
     async def _stream(self, handle: GenerationHandle, on_progress: ProgressCallback | None,
                       speakers: set[str]) -> str:

@@ -47,18 +47,19 @@ def fit_text(counter: TokenCounter, text: str, max_tokens: int) -> str:
 
 def build_chat_prompt(counter: TokenCounter, *, system: str, history: list[Turn],
                       message: Turn, context_tokens: int, reply_tokens: int,
-                      reference: str = "") -> Prompt:
+                      reference: str = "", kept_out: list[Turn] | None = None) -> Prompt:
     """The prompt for answering `message`, within ``context_tokens - reply_tokens``.
 
     Oldest history turns are dropped first; an oversized `message` is cut, never sent whole.
     A `reference` (knowledge-base passages) goes right before the new message, where small
-    models use it best; its tokens are reserved first.
+    models use it best; its tokens are reserved first. `kept_out`, if given, receives the
+    history turns that made it in.
     """
     if reference:
         reserved = counter.count_text(reference) + 8
         prompt = build_chat_prompt(counter, system=system, history=history, message=message,
                                    context_tokens=context_tokens,
-                                   reply_tokens=reply_tokens + reserved)
+                                   reply_tokens=reply_tokens + reserved, kept_out=kept_out)
         prompt[-1]["content"] = f"{reference}\n\n{prompt[-1]['content']}"
         return prompt
     budget = context_tokens - reply_tokens
@@ -96,7 +97,24 @@ def build_chat_prompt(counter: TokenCounter, *, system: str, history: list[Turn]
             break
         kept.insert(0, history[-len(kept) - 1])
         prompt = candidate
+    if kept_out is not None:
+        kept_out[:] = kept
     return prompt
+
+
+def window_from(history: list[Turn], start: Turn | None) -> list[Turn]:
+    """`history` from `start` on (its first occurrence), or all of it when `start` is gone.
+
+    Why: a prompt that begins with the same turns as last time lets a server's prefix cache
+    (and the in-process prompt cache) reuse them; the core remembers where each channel's
+    prompt began and cuts there until the prompt no longer fits.
+    """
+    if start is None:
+        return history
+    for index, turn in enumerate(history):
+        if turn == start:
+            return history[index:]
+    return history
 
 
 def chunk_lines(counter: TokenCounter, lines: list[str], max_tokens: int) -> list[list[str]]:
