@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -93,11 +91,9 @@ class RemoteEngine:
 
     Args:
         config: where the server is and how much to send it.
-        clock: monotonic seconds (tests).
     """
 
-    def __init__(self, config: RemoteConfig, *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: RemoteConfig) -> None:
         self.config = config
         self._client = OpenAIClient(config.base_url, config.api_key,
                                     connect_timeout=config.connect_timeout)
@@ -111,7 +107,6 @@ class RemoteEngine:
         self._active = 0
         self._handles: set[RemoteHandle] = set()
         self._reconnect: asyncio.Task[None] | None = None
-        self._clock = clock
         self.served = 0
         self.failed = 0
 
@@ -395,11 +390,11 @@ class RemoteEngine:
 def shorten(prompt: Prompt) -> Prompt | None:
     """The prompt with the older half of its history dropped (system and newest message
     kept), or None when there is no history left to drop."""
-    if len(prompt) <= 2:
+    head = prompt[:1] if prompt and prompt[0]["role"] == "system" else []
+    history, newest = prompt[len(head):-1], prompt[-1:]
+    if not history:
         return None
-    system, history, newest = prompt[:1] if prompt[0]["role"] == "system" else [], \
-        prompt[1:-1] if prompt[0]["role"] == "system" else prompt[:-1], prompt[-1:]
-    keep = history[len(history) // 2 + 1:] if len(history) > 1 else []
+    keep = history[len(history) // 2 + 1:]
     while keep and keep[0]["role"] == "assistant":
         keep = keep[1:]  # a prompt may not open with the bot talking to itself
-    return [*system, *keep, *newest]
+    return [*head, *keep, *newest]
