@@ -506,6 +506,6 @@ async def test_prompt_beginning_stays_stable_across_turns_for_the_prefix_cache(
     assert all(len(fake_tokens(render(p))) <= 400 - 16 for p in prompts)  # always fits
     assert len(prompts[-1]) < 2 * 20  # the history was cut
     firsts = [p[1]["content"] for p in prompts[1:]]  # the first history line of each prompt
-    changes = sum(a != b for a, b in zip(firsts, firsts[1:]))
+    changes = sum(a != b for a, b in zip(firsts, firsts[1:], strict=False))
     # Cut with headroom, the beginning moves now and then, not on every turn once full.
     assert 1 <= changes <= 6, firsts
