@@ -57,25 +57,25 @@ def point_discord_at(base: str) -> None:
 
 def log_finished(path: str) -> None:
     """Append the first message id of every answer the Discord adapter finished to `path`."""
-    from bot.adapters import discord_adapter
+    from bot.platforms.discord import live_reply
 
-    original = discord_adapter.LiveReply.finish
+    original = live_reply.LiveReply.finish
 
     @functools.wraps(original)
-    async def finish(self: discord_adapter.LiveReply, text: str) -> None:
+    async def finish(self: live_reply.LiveReply, text: str) -> None:
         await original(self, text)
         if self.messages and not self.failed:
             with open(path, "a", encoding="utf-8") as out:
                 out.write(f"{self.messages[0].id}\n")
 
-    discord_adapter.LiveReply.finish = finish  # type: ignore[method-assign]
+    live_reply.LiveReply.finish = finish  # type: ignore[method-assign]
 
 
 def log_prompts(path: str) -> None:
     """Append each prompt the core builds to `path` as a JSON line (flushed at once)."""
     import bot.core.conversation
 
-    original: Callable[..., Any] = bot.core.build_chat_prompt
+    original: Callable[..., Any] = bot.core.conversation.build_chat_prompt
     lock = threading.Lock()
 
     @functools.wraps(original)
@@ -85,7 +85,7 @@ def log_prompts(path: str) -> None:
             out.write(json.dumps(prompt) + "\n")
         return prompt
 
-    bot.core.build_chat_prompt = build  # type: ignore[assignment]
+    bot.core.conversation.build_chat_prompt = build  # type: ignore[assignment]
 
 
 def clean_environment(settings: Mapping[str, str]) -> dict[str, str]:
