@@ -40,7 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     load_dotenv(args.env_file, override=False)
     try:
         settings = Settings.from_env(os.environ)
-        source = resolve_model(settings.model)
+        # With LLM_BASE_URL the server holds the model: MODEL is not read, torch not loaded.
+        source = None if settings.llm_base_url else resolve_model(settings.model)
         load_personas(settings.personas_dir)  # a broken persona file stops start-up here
     except ConfigError as exc:
         print(f"Configuration error: {exc}", file=sys.stderr)
@@ -50,14 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     level = "WARNING" if console and "LOG_LEVEL" not in os.environ else settings.log_level
     configure_logging(level, settings.log_format,
                       secrets=(settings.discord_token, settings.slack_bot_token,
-                               settings.slack_app_token, settings.slack_signing_secret))
+                               settings.slack_app_token, settings.slack_signing_secret,
+                               settings.llm_api_key))
 
     if args.mode == "run" and not settings.platforms:
         print("No DISCORD_TOKEN or SLACK_BOT_TOKEN is set, so the bot runs as a console chat. "
               "Add a token to .env (see .env.example) to connect it to Discord or Slack.",
               file=sys.stderr)
     try:
-        asyncio.run(run_bot(settings, hf_backend_factory(settings, source),
+        factory = None if source is None else hf_backend_factory(settings, source)
+        asyncio.run(run_bot(settings, factory,
                             console=console, channel=args.channel))
     except ModelLoadError as exc:
         print(f"Could not load the model: {exc}", file=sys.stderr)

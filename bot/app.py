@@ -19,6 +19,7 @@ from bot.core.conversation import ConversationCore
 from bot.core.personas import load_personas
 from bot.engines.contract import Backend
 from bot.engines.local.model_source import ModelSource
+from bot.engines.service import ManagedEngine
 from bot.engines.worker import ModelWorker
 from bot.errors import ConfigError
 from bot.ops.server import OpsServer
@@ -45,6 +46,17 @@ def hf_backend_factory(settings: Settings, source: ModelSource) -> Callable[[], 
     return make
 
 
+def remote_engine(settings: Settings) -> ManagedEngine:
+    """The engine for LLM_BASE_URL: an OpenAI-compatible server; torch is never imported."""
+    from bot.engines.remote.engine import RemoteConfig, RemoteEngine
+
+    assert settings.llm_base_url is not None
+    return RemoteEngine(RemoteConfig(
+        base_url=settings.llm_base_url, api_key=settings.llm_api_key, model=settings.llm_model,
+        max_concurrency=settings.llm_max_concurrency, max_queue=settings.max_queue,
+        timeout=settings.generation_timeout, context_tokens=settings.context_tokens))
+
+
 def platform_adapters(core: ConversationCore, settings: Settings) -> list[Adapter]:
     """One adapter per platform that has a token; SDKs are imported only when used."""
     adapters: list[Adapter] = []
@@ -59,9 +71,9 @@ def platform_adapters(core: ConversationCore, settings: Settings) -> list[Adapte
     return adapters
 
 
-async def run_bot(settings: Settings, make_backend: Callable[[], Backend], *,
+async def run_bot(settings: Settings, make_backend: Callable[[], Backend] | None, *,
                   console: bool = False, channel: str = "local", stdin: TextIO | None = None,
-                  stdout: TextIO | None = None) -> None:
+                  stdout: TextIO | None = None, engine: ManagedEngine | None = None) -> None:
     """Load the model, open history, and serve the adapters until they end or a signal.
 
     With `console` (or no platform token) the console chat runs; it ends at end of input.
@@ -72,12 +84,22 @@ async def run_bot(settings: Settings, make_backend: Callable[[], Backend], *,
         ModelLoadError: the model could not be loaded.
     """
     personas = load_personas(settings.personas_dir)
-    print(f"Loading the model ({settings.model}); the first start converts it and takes "
-          "longer...", file=sys.stderr, flush=True)
-    worker = ModelWorker(make_backend, max_pending=settings.max_queue,
-                         timeout=settings.generation_timeout,
-                         max_batch_size=settings.max_batch_size,
-                         batch_token_budget=settings.batch_token_budget)
+    worker: ManagedEngine
+    if engine is not None:
+        worker = engine
+    elif settings.llm_base_url:
+        print(f"Connecting to the model server ({settings.llm_base_url})...",
+              file=sys.stderr, flush=True)
+        worker = remote_engine(settings)
+    else:
+        if make_backend is None:
+            raise ValueError("run_bot needs make_backend, an engine, or LLM_BASE_URL")
+        print(f"Loading the model ({settings.model}); the first start converts it and "
+              "takes longer...", file=sys.stderr, flush=True)
+        worker = ModelWorker(make_backend, max_pending=settings.max_queue,
+                             timeout=settings.generation_timeout,
+                             max_batch_size=settings.max_batch_size,
+                             batch_token_budget=settings.batch_token_budget)
     async with worker, SQLiteHistoryStore(settings.history_db,
                                           max_per_channel=settings.history_max_messages) as history:
         info = worker.info

@@ -66,6 +66,11 @@ class Settings:
     port: int = 3000
     ops_host: str = "0.0.0.0"
     ops_port: int = 0
+    # -- remote engine (issue #11): an OpenAI-compatible inference server instead of torch
+    llm_base_url: str | None = None
+    llm_api_key: str | None = None
+    llm_model: str | None = None
+    llm_max_concurrency: int = 4
 
     @property
     def system_prompt_text(self) -> str:
@@ -87,7 +92,7 @@ class Settings:
         shown = []
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name.endswith(("_token", "_secret")) and value:
+            if f.name.endswith(("_token", "_secret", "_key")) and value:
                 value = "***"
             shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
@@ -149,6 +154,11 @@ class Settings:
             port=reader.number("PORT", int, d.port, low=1, high=65535),
             ops_host=reader.text("OPS_HOST", d.ops_host),
             ops_port=reader.number("OPS_PORT", int, d.ops_port, low=0, high=65535),
+            llm_base_url=reader.url("LLM_BASE_URL"),
+            llm_api_key=reader.optional("LLM_API_KEY"),
+            llm_model=reader.optional("LLM_MODEL"),
+            llm_max_concurrency=reader.number("LLM_MAX_CONCURRENCY", int,
+                                              d.llm_max_concurrency, low=1, high=1024),
         )
         if settings.slack_bot_token and not (settings.slack_app_token
                                              or settings.slack_signing_secret):
@@ -180,6 +190,15 @@ class _Reader:
         if raw is not None and not raw.isdigit():
             raise ConfigError(name, "a numeric Discord ID", raw)
         return raw
+
+    def url(self, name: str) -> str | None:
+        raw = self._raw(name)
+        if raw is None:
+            return None
+        if not raw.startswith(("http://", "https://")) or len(raw.split("://", 1)[1]) < 1:
+            raise ConfigError(name, "an http:// or https:// URL such as "
+                              "http://127.0.0.1:8080/v1", raw)
+        return raw.rstrip("/")
 
     def id_list(self, name: str) -> frozenset[str]:
         raw = self._raw(name)

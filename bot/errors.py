@@ -6,7 +6,8 @@
     ├── ConfigError        a setting is wrong; start-up stops with one line naming it
     ├── UserError          shown to the user verbatim (bad arguments, message too long)
     │   ├── BusyError      the model queue is full; try again in a moment
-    │   └── RateLimited    this user sent too many requests; try again in N seconds
+    │   ├── RateLimited    this user sent too many requests; try again in N seconds
+    │   └── UnavailableError  the model server does not answer; try again shortly
     ├── ModelLoadError     the model could not be loaded; start-up stops
     └── GenerationError    the model failed on one request; the user gets a short apology
 
@@ -46,6 +47,14 @@ class BusyError(UserError):
 
 class RateLimited(UserError):
     """The user is over the per-user rate limit."""
+
+
+class UnavailableError(UserError):
+    """The remote model server cannot be reached; the engine keeps reconnecting."""
+
+    def __init__(self, message: str = "The model server is unreachable right now; "
+                 "please try again shortly.") -> None:
+        super().__init__(message)
 
 
 class ModelLoadError(BotError):

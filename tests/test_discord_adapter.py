@@ -403,7 +403,7 @@ async def test_slash_commands_are_registered_with_typed_options(
         pass
     commands = {c["name"]: c for c in fake.registered_commands()}
     assert set(commands) == {"ask", "summarize", "reset", "help", "status", "persona",
-                             "settings", "reindex", "forget"}
+                             "settings", "reindex", "forget", "model"}
     assert all(c["description"] for c in commands.values())
     (prompt,) = commands["ask"]["options"]
     assert (prompt["name"], prompt["type"], prompt["required"]) == ("prompt", 3, True)
@@ -422,7 +422,7 @@ async def test_guild_id_registers_commands_in_that_server_only(
     assert fake.registered_commands() == []
     assert {c["name"] for c in fake.registered_commands(fake.default_guild)} == {
         "ask", "summarize", "reset", "help", "status", "persona", "settings", "reindex",
-        "forget"}
+        "forget", "model"}
 
 
 async def test_slash_ask_defers_within_deadline_then_streams_follow_up(

@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,7 +43,37 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "16-request run is a full batch)")
     parser.add_argument("--skip-start", action="store_true",
                         help="skip the cold/warm start measurement")
+    # -- issue #11: the bot in-process vs on a real llama.cpp server vs the server directly
+    parser.add_argument("--engines", action="store_true",
+                        help="instead: the bot on its in-process engine, the bot on a real "
+                             "llama.cpp server (xllamacpp), and that server called directly, "
+                             "at 1 and 8 requests at once (bench-results/engines.json)")
+    parser.add_argument("--server-threads", type=int, default=min(2, os.cpu_count() or 1),
+                        help="llama.cpp threads for --engines (1 is faster on a busy machine)")
     return parser.parse_args(argv)
+
+
+def engines_main(args: argparse.Namespace) -> int:
+    """``--engines``: issue #11's comparison, its own table and JSON file."""
+    from bot.bench import engines
+
+    quick = args.quick
+    results: dict[str, Any] = {
+        "command": "python -m bot.bench " + " ".join(sys.argv[1:]),
+        "cpu": machine()["cpu"], "cores": os.cpu_count(), "load_average_start": load_average(),
+    }
+    results.update(asyncio.run(engines.compare(
+        max_new_tokens=args.max_new_tokens or (32 if quick else 64),
+        long_tokens=args.long_tokens or (64 if quick else 128),
+        repeats=args.repeats or (2 if quick else 4), threads=args.server_threads)))
+    results["load_average_end"] = load_average()
+    print(engines.table(results))
+    out = args.out if args.out != Path("bench-results/bench.json") else Path(
+        "bench-results/engines.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nWrote {out}", file=sys.stderr)
+    return 0
 
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -132,6 +163,8 @@ def _progress(what: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    if args.engines:
+        return engines_main(args)
     results = asyncio.run(run(args))
     print(report.table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,6 +43,10 @@ class CommandHost(Protocol):
 
     async def status_text(self, key: ChannelKey) -> str: ...
 
+    async def served_models(self) -> list[str]: ...
+
+    def default_model(self) -> str: ...
+
 
 @dataclass(frozen=True, slots=True)
 class CommandContext:
@@ -130,6 +134,36 @@ async def persona(ctx: CommandContext) -> str:
     return f"This channel now uses the **{wanted}** persona."
 
 
+async def model(ctx: CommandContext) -> str:
+    """List the served models; admins pick one for this channel (remote engines)."""
+    core, key = ctx.core, ctx.message.key
+    channel = await core.history.channel_settings(key)
+    served = await core.served_models()
+    default = core.default_model()
+    wanted = ctx.args.strip()
+    if not wanted:
+        current = channel.model or default
+        lines = [f"This channel uses the model **{current}**"
+                 + ("" if channel.model else " (the default)") + ". Served:"]
+        lines += [f"• {name}" + (" (default)" if name == default else "")
+                  for name in served[:25]]
+        if len(served) > 25:
+            lines.append(f"… and {len(served) - 25} more")
+        lines.append("Admins can switch with /model <name>, or back with /model default.")
+        return "\n".join(lines)
+    require_admin(ctx, "change the model")
+    if wanted.lower() == "default":
+        await core.history.save_channel_settings(key, replace(channel, model=None))
+        return f"This channel now uses the default model, **{default}**."
+    match = next((name for name in served if name == wanted), None) or next(
+        (name for name in served if name.lower() == wanted.lower()), None)
+    if match is None:
+        shown = ", ".join(served[:25]) or "(the server lists none right now)"
+        raise UserError(f"The model server does not serve {wanted!r}. Choose one of: {shown}.")
+    await core.history.save_channel_settings(key, replace(channel, model=match))
+    return f"This channel now uses the model **{match}**."
+
+
 async def settings(ctx: CommandContext) -> str:
     core, key = ctx.core, ctx.message.key
     channel = await core.history.channel_settings(key)
@@ -211,6 +245,8 @@ COMMANDS: dict[str, Command] = {c.name: c for c in (
             forget),
     Command("persona", "persona [name]", "show or (admins) change this channel's persona",
             persona),
+    Command("model", "model [name]", "show the served models or (admins) pick this "
+            "channel's", model),
     Command("settings", "settings [name value]",
             "show or (admins) change this channel's settings", settings),
     Command("reindex", "reindex", "re-read the knowledge base files (admins)", reindex),

@@ -30,7 +30,7 @@ from bot.core.summarize import summarize_lines
 from bot.engines.contract import GenerationRequest, SamplingParams
 from bot.engines.handles import GenerationHandle
 from bot.engines.service import GenerationService
-from bot.errors import BusyError, GenerationError, RateLimited, UserError
+from bot.errors import BusyError, GenerationError, RateLimited, UnavailableError, UserError
 from bot.ops.metrics import BotMetrics
 from bot.ops.request_context import new_request_id
 from bot.ops.request_context import outcome as request_outcome
@@ -44,6 +44,8 @@ APOLOGY = "Sorry, something went wrong while I was answering. Please try again."
 EMPTY_PROMPT_HINT = "Hi! Ask me something, or type /help to see what I can do."
 TIMEOUT_MARK = "\n\n_(cut off: the answer took too long)_"
 SHUTDOWN_MARK = "\n\n_(cut off: the bot is restarting)_"
+SERVER_ERROR_MARK = "\n\n_(cut off: the model server stopped answering; please ask again)_"
+THINKING = "_thinking..._"
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
 
 
@@ -132,6 +134,9 @@ class ConversationCore:
             answer = str(exc)
         except RateLimited as exc:
             request_outcome.set("rate_limited")
+            answer = str(exc)
+        except UnavailableError as exc:
+            request_outcome.set("unavailable")
             answer = str(exc)
         except UserError as exc:
             request_outcome.set("refused")
@@ -251,7 +256,8 @@ class ConversationCore:
                 reply_tokens=sampling.max_new_tokens, reference=reference)
             ahead = self.worker.queue_depth
             handle = self.worker.submit(GenerationRequest(prompt, sampling,
-                                                          cache_key=str(msg.key)))
+                                                          cache_key=str(msg.key),
+                                                          model=channel.model))
             pending = (msg.key, msg.message_id)
             self._inflight[pending] = handle
             try:
@@ -283,6 +289,10 @@ class ConversationCore:
         started = time.monotonic()
         first: float | None = None
         async for piece in handle:
+            if not piece:  # a status change: a reasoning model started thinking
+                if on_progress is not None and handle.thinking and not so_far.strip():
+                    await on_progress(THINKING)
+                continue
             if first is None:
                 first = time.monotonic() - started
             so_far += piece
@@ -291,7 +301,10 @@ class ConversationCore:
                 await on_progress(shown)
         completion = await handle.result()
         total = time.monotonic() - started
-        tokens = await asyncio.to_thread(self.worker.token_counter.count_text, completion.text)
+        tokens = completion.tokens
+        if tokens is None:
+            tokens = await asyncio.to_thread(self.worker.token_counter.count_text,
+                                             completion.text)
         self.metrics.observe_generation(first_token=first, total=total, tokens=tokens)
         log.info("generated %d tokens in %.2f s (first after %s s), %s", tokens, total,
                  "-" if first is None else f"{first:.2f}", completion.stop_reason)
@@ -302,6 +315,9 @@ class ConversationCore:
             text += TIMEOUT_MARK
         elif completion.stop_reason == "shutdown":
             text += SHUTDOWN_MARK
+        elif completion.stop_reason == "error":
+            request_outcome.set("partial")
+            text += SERVER_ERROR_MARK
         return text
 
     async def complete(self, prompt: Prompt) -> str:
@@ -327,15 +343,26 @@ class ConversationCore:
         noun = "message" if len(lines) == 1 else "messages"
         return f"Summary of the last {len(lines)} {noun}:\n{summary}"
 
+    async def served_models(self) -> list[str]:
+        """The models the engine can serve: a server's list, or the in-process model."""
+        list_models = getattr(self.worker, "list_models", None)
+        if list_models is None:
+            return [self.worker.info.name]
+        return list(await list_models())
+
+    def default_model(self) -> str:
+        return self.worker.info.name
+
     async def status_text(self, key: ChannelKey) -> str:
         info = self.worker.info
         stats = await self.history.stats()
-        persona = self.persona_for(await self.history.channel_settings(key))
+        channel = await self.history.channel_settings(key)
+        persona = self.persona_for(channel)
         uptime = int(self._clock() - self._started)
         hours, rest = divmod(uptime, 3600)
         minutes, seconds = divmod(rest, 60)
         lines = [
-            f"Model: {info.name} on {info.device} ({info.dtype}), "
+            f"Model: {channel.model or info.name} on {info.device} ({info.dtype}), "
             f"context {info.context_tokens} tokens, replies up to "
             f"{self.sampling_for(persona).max_new_tokens} tokens",
             f"Queue: {self.worker.queue_depth} request(s) in progress or waiting "

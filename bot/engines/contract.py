@@ -33,6 +33,8 @@ class GenerationRequest:
     sampling: SamplingParams
     cache_key: str | None = None
     """The conversation this prompt continues (a channel), so its cached prompt is reused."""
+    model: str | None = None
+    """A served model chosen for this channel (remote engines; None: the engine's default)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,8 @@ from bot.engines.contract import GenerationRequest
 
 log = logging.getLogger(__name__)
 
-StopReason = Literal["done", "timeout", "shutdown"]
+StopReason = Literal["done", "timeout", "shutdown", "error"]
+"""Why generation ended; "error": a remote server's stream broke mid-answer (text kept)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +27,8 @@ class Completion:
 
     text: str
     stop_reason: StopReason = "done"
+    tokens: int | None = None
+    """Reply tokens as the engine counted them (a remote server's usage); None: count text."""
 
 
 class _End:
@@ -53,6 +56,8 @@ class GenerationHandle:
         self._cancelled = threading.Event()
         self.started = False
         """Set by the worker thread when generation begins (queued until then)."""
+        self.thinking = False
+        """A reasoning model is thinking (remote engines); an empty piece signals changes."""
 
     # -- event-loop side -------------------------------------------------------------
 

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Protocol, Self
 
 from bot.engines.contract import GenerationRequest, ModelInfo, TokenCounter
 from bot.engines.handles import GenerationHandle
@@ -25,3 +25,18 @@ class GenerationService(Protocol):
     def queue_depth(self) -> int: ...
 
     def submit(self, request: GenerationRequest) -> GenerationHandle: ...
+
+
+class ManagedEngine(GenerationService, Protocol):
+    """An engine the app starts and stops: `ModelWorker`, or `RemoteEngine`."""
+
+    @property
+    def running(self) -> bool: ...
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(self, *exc: object) -> None: ...

@@ -21,12 +21,14 @@ class ChannelSettings:
         system_prompt: a custom system prompt that replaces the persona's, or None.
         thread_replies: answer every message in threads the bot is part of, unmentioned.
         enabled: answer in this channel at all (admin commands always work).
+        model: a served model chosen with /model (remote engines), or None for the default.
     """
 
     persona: str | None = None
     system_prompt: str | None = None
     thread_replies: bool = True
     enabled: bool = True
+    model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

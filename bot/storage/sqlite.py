@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS channel_settings (
     thread_replies INTEGER NOT NULL DEFAULT 1,
     enabled        INTEGER NOT NULL DEFAULT 1,
     updated_at     REAL NOT NULL,
+    model          TEXT,
     PRIMARY KEY (platform, channel_id)
 );
 """
@@ -58,7 +59,15 @@ class SQLiteHistoryStore:
 
     async def open(self) -> SQLiteHistoryStore:
         await self._sql.open()
+        await self._run(self._migrate)
         return self
+
+    def _migrate(self) -> None:
+        """Add columns newer versions need to a file an older version created."""
+        db = self._conn()
+        columns = {row[1] for row in db.execute("PRAGMA table_info(channel_settings)")}
+        if "model" not in columns:
+            db.execute("ALTER TABLE channel_settings ADD COLUMN model TEXT")
 
     async def __aenter__(self) -> SQLiteHistoryStore:
         return await self.open()
@@ -161,19 +170,20 @@ class SQLiteHistoryStore:
 
     def _channel_settings(self, key: ChannelKey) -> ChannelSettings:
         row = self._conn().execute(
-            "SELECT persona, system_prompt, thread_replies, enabled FROM channel_settings"
+            "SELECT persona, system_prompt, thread_replies, enabled, model FROM channel_settings"
             " WHERE platform = ? AND channel_id = ?", (key.platform, key.channel_id)).fetchone()
         if row is None:
             return ChannelSettings()
-        persona, prompt, thread_replies, enabled = row
-        return ChannelSettings(persona, prompt, bool(thread_replies), bool(enabled))
+        persona, prompt, thread_replies, enabled, model = row
+        return ChannelSettings(persona, prompt, bool(thread_replies), bool(enabled), model)
 
     def _save_channel_settings(self, key: ChannelKey, settings: ChannelSettings) -> None:
         self._conn().execute(
             "INSERT OR REPLACE INTO channel_settings (platform, channel_id, persona,"
-            " system_prompt, thread_replies, enabled, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            " system_prompt, thread_replies, enabled, updated_at, model)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (key.platform, key.channel_id, settings.persona, settings.system_prompt,
-             int(settings.thread_replies), int(settings.enabled), time.time()))
+             int(settings.thread_replies), int(settings.enabled), time.time(), settings.model))
 
     def _forget_channel(self, key: ChannelKey) -> int:
         db = self._conn()

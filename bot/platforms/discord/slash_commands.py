@@ -65,6 +65,12 @@ def register_commands(tree: app_commands.CommandTree[GatewayClient], run: RunCom
         args = "" if name is None else name.value
         await run(interaction, "persona", args)
 
+    @tree.command(name="model", description=describe("model"))
+    @app_commands.describe(name="The served model to use here, or 'default' (leave empty to "
+                                "list them)")
+    async def model(interaction: Interaction, name: str = "") -> None:
+        await run(interaction, "model", name)
+
     @tree.command(name="settings", description=describe("settings"))
     @app_commands.describe(setting="What to change (leave empty to show the settings)",
                            value="on/off, or the system prompt text (or 'clear')")

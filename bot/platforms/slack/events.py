@@ -17,7 +17,7 @@ from bot.types import ChannelKey, IncomingMessage
 SLASH_COMMANDS: dict[str, str] = {
     "/ask": "ask", "/summarize": "summarize", "/reset": "reset", "/help": "help",
     "/bot-status": "status", "/persona": "persona", "/settings": "settings",
-    "/reindex": "reindex", "/forget": "forget"}
+    "/reindex": "reindex", "/forget": "forget", "/model": "model"}
 """The slash commands in the app manifest, and the core command each runs. Slack reserves
 ``/status`` (its own "set your status"), so the bot's is ``/bot-status``; the core's other
 commands also work as ``/name`` when added to the manifest, or as "@bot /name" anywhere."""
