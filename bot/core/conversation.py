@@ -86,6 +86,7 @@ class ConversationCore:
         self._wall = clock or time.time
         self._started = self._clock()
         self._orders: dict[tuple[ChannelKey, str], int] = {}  # claimed messages' order
+        self._order_changed = asyncio.Condition()
         self.status_providers: list[Callable[[], list[str]]] = []
         """Extra `/status` lines from the adapters (e.g. the Discord shards of this process)."""
         self._locks: defaultdict[ChannelKey, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -193,9 +194,30 @@ class ConversationCore:
         try:
             yield True
         finally:
-            self._orders.pop((key, message_id), None)
+            if self._orders.pop((key, message_id), None) is not None:
+                async with self._order_changed:
+                    self._order_changed.notify_all()
             with contextlib.suppress(StoreUnavailable):
                 await self.history.finish_event(event_id)
+
+    ORDER_WAIT = 30.0
+    """Longest a turn waits for an earlier claimed message of its conversation."""
+
+    async def _after_earlier_claims(self, key: ChannelKey, order: int | None) -> None:
+        """Wait (bounded) until this process has no earlier claimed message of `key` still
+        being handled, so turns take the channel lock in the order they were sent, not in
+        the order their platform calls happened to finish (the store's lock does the same
+        across instances)."""
+        if order is None:
+            return
+
+        def none_earlier() -> bool:
+            return not any(k == key and o < order for (k, _), o in self._orders.items())
+
+        async with self._order_changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._order_changed.wait_for(none_earlier),
+                                       self.ORDER_WAIT)
 
     async def _check_rate(self, msg: IncomingMessage) -> None:
         if msg.is_admin:
@@ -283,6 +305,7 @@ class ConversationCore:
         author = (msg.key, msg.author_id)
         self._latest[author] = msg.message_id
         order = self._orders.get((msg.key, msg.message_id))
+        await self._after_earlier_claims(msg.key, order)
         async with self._locks[msg.key], self.history.channel_lock(msg.key, order=order):
             self._check_stale(msg)
             turns = await self.history.recent(msg.key)
