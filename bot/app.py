@@ -71,17 +71,19 @@ async def run_bot(settings: Settings, make_backend: Callable[[], Backend], *,
     With `settings.ops_port` the health and metrics endpoint serves alongside, until then.
 
     Raises:
-        ConfigError: a persona file is malformed, or OPS_PORT is taken.
+        ConfigError: a persona file is malformed, OPS_PORT is taken, or the DATABASE_URL
+            server cannot be reached.
         ModelLoadError: the model could not be loaded.
     """
     personas = load_personas(settings.personas_dir)
+    history = await open_history(settings)  # first: a bad DATABASE_URL fails at once
     print(f"Loading the model ({settings.model}); the first start converts it and takes "
           "longer...", file=sys.stderr, flush=True)
     worker = ModelWorker(make_backend, max_pending=settings.max_queue,
                          timeout=settings.generation_timeout,
                          max_batch_size=settings.max_batch_size,
                          batch_token_budget=settings.batch_token_budget)
-    async with await open_history(settings) as history, worker:
+    async with history, worker:
         info = worker.info
         print(f"Model ready: {info.name} on {info.device} ({info.dtype}). "
               f"History: {describe_history(settings)}", file=sys.stderr, flush=True)

@@ -122,6 +122,7 @@ class PostgresHistoryStore:
                                               check=AsyncConnectionPool.check_connection)
         self._last_cleanup = 0.0
         self._last_rate_cleanup = 0.0
+        self._opened = False
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -132,29 +133,36 @@ class PostgresHistoryStore:
             StoreUnavailable: the server cannot be reached within `timeout`.
             RuntimeError: the database was written by a newer version of the bot.
         """
+        if self._opened:
+            return self  # opening an open store again does nothing
+        problem = await self._connect_error()  # one plain try first: a clear, quiet error
+        if problem is not None:
+            raise StoreUnavailable(f"cannot reach the PostgreSQL server ({problem})")
         try:
             await self._pool.open(wait=True, timeout=self.timeout)
             await self._lock_pool.open()
         except psycopg.OperationalError:
             await self.close()
-            raise StoreUnavailable(f"cannot reach the PostgreSQL server "
-                                   f"({await self._connect_error()})") from None
+            raise StoreUnavailable(f"cannot reach the PostgreSQL server (no connection "
+                                   f"within {self.timeout:g} s)") from None
         try:
             await self._migrate()
         except BaseException:
             await self.close()
             raise
+        self._opened = True
         return self
 
-    async def _connect_error(self) -> str:
-        """Why a plain connection fails (the pool only says that it timed out)."""
+    async def _connect_error(self) -> str | None:
+        """Why a plain connection fails, or None when it works (the pool would only log
+        its retries and then say that it timed out)."""
         try:
             conn = await psycopg.AsyncConnection.connect(
                 self.url, connect_timeout=max(2, int(self.timeout)))
         except psycopg.Error as exc:
             return " ".join(str(exc).split())[:300]
         await conn.close()
-        return f"no connection within {self.timeout:g} s"
+        return None
 
     async def __aenter__(self) -> PostgresHistoryStore:
         return await self.open()

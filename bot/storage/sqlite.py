@@ -70,13 +70,18 @@ class SQLiteHistoryStore:
         self.max_per_channel = max_per_channel
         self._clock = clock
         self._hits: dict[str, deque[float]] = {}
+        self._opened = False
         self._last_cleanup = 0.0
         self._sql = SQLiteRunner(path, _SCHEMA, name="history")
         self._run = self._sql.run
         self._conn = self._sql.conn
 
     async def open(self) -> SQLiteHistoryStore:
-        await self._sql.open()
+        """Open the file; opening an open store again does nothing (`async with` after
+        an explicit open, as the app does)."""
+        if not self._opened:
+            await self._sql.open()
+            self._opened = True
         return self
 
     async def __aenter__(self) -> SQLiteHistoryStore:
