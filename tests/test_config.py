@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -155,3 +156,17 @@ def test_an_unreachable_database_stops_start_up_with_one_line(tmp_path: Path) ->
     assert lines[0].startswith("Configuration error: DATABASE_URL: expected a reachable "
                                "PostgreSQL server")
     assert "pw" not in lines[0]
+
+
+def test_compose_file_sets_only_known_settings() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    known = {f.name.upper() for f in dataclasses.fields(Settings)}
+    bots = [s for name, s in compose["services"].items() if name.startswith("bot-")]
+    assert len(bots) == 2
+    for service in bots:
+        assert set(service["environment"]) <= known
+        assert service["environment"]["DATABASE_URL"].startswith("postgresql://")
+        Settings.from_env(service["environment"])  # parses
+    assert sorted(s["environment"]["DISCORD_SHARD_IDS"] for s in bots) == ["0", "1"]
