@@ -130,7 +130,8 @@ async def open_history(settings: Settings) -> SQLiteHistoryStore | PostgresHisto
 
     store = PostgresHistoryStore(settings.database_url,
                                  max_per_channel=settings.history_max_messages,
-                                 pool_size=settings.database_pool_size)
+                                 pool_size=settings.database_pool_size,
+                                 lock_pool_size=settings.database_pool_size + settings.max_queue)
     try:
         return await store.open()
     except StoreUnavailable as exc:

@@ -143,3 +143,28 @@ async def test_opening_with_the_server_down_says_so() -> None:
         server.pause()
         with pytest.raises(StoreUnavailable, match="cannot reach"):
             await PostgresHistoryStore(server.url, timeout=1.0).open()
+
+
+async def test_all_lock_connections_in_turns_makes_a_turn_wait_not_fail(
+        postgres_url: str) -> None:
+    async with PostgresHistoryStore(postgres_url, lock_pool_size=1, timeout=0.5) as store:
+        release = asyncio.Event()
+        done: list[str] = []
+
+        async def first() -> None:
+            async with store.channel_lock(KEY):
+                await release.wait()
+            done.append("first")
+
+        async def second() -> None:
+            async with store.channel_lock(ChannelKey("slack", "C2")):  # no free connection
+                done.append("second")
+
+        holder = asyncio.create_task(first())
+        await asyncio.sleep(0.1)
+        waiter = asyncio.create_task(second())
+        await asyncio.sleep(1.2)  # longer than `timeout`: still waiting, not failed
+        assert not waiter.done()
+        release.set()
+        await asyncio.gather(holder, waiter)
+        assert done == ["first", "second"]

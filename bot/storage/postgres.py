@@ -96,16 +96,23 @@ class PostgresHistoryStore:
     Args:
         url: ``postgresql://user:password@host:port/database``.
         max_per_channel: older turns beyond this many are deleted as new ones arrive.
-        pool_size: connections for queries; as many again are kept for channel locks
-            (a lock holds its connection for one turn).
-        timeout: seconds to wait for a connection before a call fails with `StoreUnavailable`.
+        pool_size: connections for queries.
+        lock_pool_size: connections for channel locks (a lock holds one for a whole turn, so
+            as many as turns run at once; the app passes MAX_QUEUE + pool_size); default
+            twice `pool_size`.
+        timeout: seconds to wait for a connection before a call fails with `StoreUnavailable`
+            (a channel lock waits longer while the server is up: its connections may all be
+            in turns, which end).
     """
 
     ORDER_WAIT = 30.0
     """Longest a turn waits for an earlier message of its conversation claimed elsewhere."""
+    LOCK_WAIT = 300.0
+    """Longest a turn waits for a free lock connection while the server is up."""
 
     def __init__(self, url: str, *, max_per_channel: int = 200, pool_size: int = 10,
-                 timeout: float = 5.0, clock: Callable[[], float] = time.time) -> None:
+                 lock_pool_size: int | None = None, timeout: float = 5.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.url = url
         self.max_per_channel = max_per_channel
         self.instance = uuid.uuid4().hex[:16]
@@ -117,8 +124,10 @@ class PostgresHistoryStore:
         self._pool = AsyncConnectionPool(url, min_size=1, max_size=pool_size, open=False,
                                          kwargs=kwargs, timeout=timeout, name="history",
                                          check=AsyncConnectionPool.check_connection)
-        self._lock_pool = AsyncConnectionPool(url, min_size=0, max_size=pool_size, open=False,
-                                              kwargs=kwargs, timeout=timeout, name="locks",
+        self._lock_pool = AsyncConnectionPool(url, min_size=0,
+                                              max_size=lock_pool_size or 2 * pool_size,
+                                              open=False, kwargs=kwargs, name="locks",
+                                              timeout=timeout,
                                               check=AsyncConnectionPool.check_connection)
         self._last_cleanup = 0.0
         self._last_rate_cleanup = 0.0
@@ -351,26 +360,46 @@ class PostgresHistoryStore:
         ident = lock_id(conversation)
         deadline = time.monotonic() + self.ORDER_WAIT
         delay = 0.01
+        conn = await self._lock_connection()
         try:
-            async with self._lock_pool.connection(timeout=None) as conn:
-                while True:
-                    row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)",
-                                                    (ident,))).fetchone()
-                    if row and row[0]:
-                        if (order is None or time.monotonic() > deadline
-                                or not await self._earlier_pending(conn, conversation, order)):
-                            break
-                        await conn.execute("SELECT pg_advisory_unlock(%s)", (ident,))
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 0.1)
-                try:
-                    yield
-                finally:
-                    with contextlib.suppress(psycopg.OperationalError):
-                        await conn.execute("SELECT pg_advisory_unlock(%s)", (ident,))
+            while True:
+                row = await (await conn.execute("SELECT pg_try_advisory_lock(%s)",
+                                                (ident,))).fetchone()
+                if row and row[0]:
+                    if (order is None or time.monotonic() > deadline
+                            or not await self._earlier_pending(conn, conversation, order)):
+                        break
+                    await conn.execute("SELECT pg_advisory_unlock(%s)", (ident,))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 0.1)
         except psycopg.OperationalError as exc:
+            await self._lock_pool.putconn(conn)
             log.warning("PostgreSQL is unavailable: %s", exc)
             raise StoreUnavailable() from exc
+        except BaseException:
+            await self._lock_pool.putconn(conn)  # a broken or busy one is discarded
+            raise
+        try:
+            yield
+        finally:
+            with contextlib.suppress(psycopg.OperationalError):
+                await conn.execute("SELECT pg_advisory_unlock(%s)", (ident,))
+            await self._lock_pool.putconn(conn)
+
+    async def _lock_connection(self) -> psycopg.AsyncConnection[Any]:
+        """A connection to hold a lock on. When none comes within `timeout`, either the
+        server is gone (`StoreUnavailable` at once) or every lock connection is in a turn
+        (then wait longer: turns end)."""
+        waited = 0.0
+        while True:
+            try:
+                return await self._lock_pool.getconn(timeout=self.timeout)
+            except psycopg.OperationalError:
+                waited += self.timeout
+                await self._rowcount("SELECT 1", ())  # raises StoreUnavailable if down
+                if waited >= self.LOCK_WAIT:
+                    raise StoreUnavailable("I'm too busy to answer here right now; please "
+                                           "try again in a moment.") from None
 
     async def _earlier_pending(self, conn: psycopg.AsyncConnection[Any], conversation: str,
                                order: int) -> bool:
