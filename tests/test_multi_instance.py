@@ -80,6 +80,11 @@ async def wait_until(fake: FakeSlack | FakeDiscord, predicate: Any, message: str
         raise AssertionError(f"{message}\n{logs}") from None
 
 
+def requests_by(proc: BotProcess) -> str:
+    """The "request from ..." log lines of one bot: what it answered."""
+    return "\n".join(line for line in proc.lines if "request from" in line)
+
+
 def slack_settings(tmp_path: Path, name: str, fake: FakeSlack, model: Path, database_url: str,
                    **extra: str) -> dict[str, str]:
     return {**common_settings(tmp_path, name, model, database_url), **extra,
@@ -219,15 +224,36 @@ async def test_kill_9_of_one_instance_mid_answer_the_other_keeps_serving(
     assert waited < 25, "a dead instance's claim held the channel up"
 
 
+async def test_socket_mode_instances_fail_over(
+        tmp_path: Path, tiny_model_dir: Path, postgres_url: str) -> None:
+    async with FakeSlack() as fake:
+        settings = [{**slack_settings(tmp_path, name, fake, tiny_model_dir, postgres_url),
+                     "SLACK_APP_TOKEN": "xapp-fake"} for name in ("one", "two")]
+        async with bots(*settings, ready="Slack: Socket Mode connected") as procs:
+            await fake.wait_for(lambda: len(fake.open_connections) == 2, 10,
+                                message="both instances should hold a connection")
+            first = (await fake.send_app_mention(CHANNEL, "U0HUMAN01", "hello")).event
+            await wait_until(fake, lambda: answers(fake, first["ts"]), "no answer", procs)
+            serving = [i for i, p in enumerate(procs) if "request from" in requests_by(p)]
+            assert len(serving) == 1  # Slack gave the event to one connection only
+            await procs[serving[0]].kill()
+            await fake.wait_for(lambda: len(fake.open_connections) == 1, 10,
+                                message="the killed instance's connection should close")
+            second = (await fake.send_app_mention(CHANNEL, "U0HUMAN02", "still there?")).event
+            await wait_until(fake, lambda: answers(fake, second["ts"]), "no failover", procs)
+            other = procs[1 - serving[0]]
+            assert "request from U0HUMAN02" in requests_by(other)
+            turns = await stored_turns(postgres_url, CHANNEL)
+        assert [(role, mid) for role, _, mid in turns] == [
+            ("user", first["ts"]), ("assistant", None), ("user", second["ts"]),
+            ("assistant", None)]
+
+
 def discord_settings(tmp_path: Path, name: str, fake: FakeDiscord, model: Path,
                      database_url: str, shard: int, **extra: str) -> dict[str, str]:
     return {**common_settings(tmp_path, name, model, database_url), **extra,
             "FAKE_DISCORD_URL": f"http://127.0.0.1:{fake.port}", "DISCORD_TOKEN": fake.token,
             "DISCORD_SHARD_COUNT": "2", "DISCORD_SHARD_IDS": str(shard)}
-
-
-def requests_by(proc: BotProcess) -> str:
-    return "\n".join(line for line in proc.lines if "request from" in line)
 
 
 async def test_two_shard_processes_each_answer_their_own_servers(
