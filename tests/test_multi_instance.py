@@ -310,3 +310,35 @@ async def test_two_shard_processes_each_answer_their_own_servers(
                              if r.path.endswith("/commands")]
             assert len(registrations) == 1
             assert any("not registering slash commands" in line for line in procs[1].lines)
+
+
+async def test_two_processes_on_the_same_discord_session_answer_once(
+        tmp_path: Path, tiny_model_dir: Path, postgres_url: str) -> None:
+    """Without sharding both processes get every event (a standby, or a mistake): each
+    message and each slash command is still answered by one of them only."""
+    async with FakeDiscord() as fake:
+        assert fake.default_channel is not None and fake.default_user is not None
+        channel, user = fake.default_channel, fake.default_user
+        settings = []
+        for name in ("one", "two"):
+            both = discord_settings(tmp_path, name, fake, tiny_model_dir, postgres_url, 0)
+            del both["DISCORD_SHARD_COUNT"], both["DISCORD_SHARD_IDS"]
+            settings.append(both)
+        async with bots(*settings, ready="connected to Discord") as procs:
+            posted = await fake.send_user_message(channel, user,
+                                                  f"{fake.bot_user.mention} once, please")
+            command = await fake.invoke_slash_command("help", channel_id=channel)
+            await wait_until(fake, lambda: command.followups, "no answer to /help", procs)
+
+            def replies() -> list[Any]:
+                return [r for r in fake.message_creates(channel)
+                        if str(((r.json or {}).get("message_reference") or {})
+                               .get("message_id")) == str(posted["id"])]
+
+            await wait_until(fake, replies, "no answer to the mention", procs)
+            await asyncio.sleep(1.0)  # a second answer would have come by now
+            assert len(replies()) == 1
+            assert len(command.callbacks) == 1 and len(command.followups) == 1
+            assert sum("was claimed by another instance" in line
+                       for p in procs for line in p.lines) == 2
+
