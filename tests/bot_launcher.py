@@ -5,9 +5,12 @@ Why: crash safety can only be tested on a process that really dies (``kill -9``)
 settings in the environment as an operator would give them. This file only does what a real
 deployment gets from the network, plus two hooks for observing the run:
 
-* ``FAKE_DISCORD_URL`` (``http://127.0.0.1:PORT``, required): discord.py's REST base and
-  gateway are pointed at the fake (what `tests.fakes.discord_server.patched_discord_endpoints`
-  does in-process), and the wait for guilds before "ready" is shortened from 2 s.
+* ``FAKE_DISCORD_URL`` (``http://127.0.0.1:PORT``, required with ``DISCORD_TOKEN``):
+  discord.py's REST base and gateway are pointed at the fake (what
+  `tests.fakes.discord_server.patched_discord_endpoints` does in-process), and the wait for
+  guilds before "ready" is shortened from 2 s.
+* ``FAKE_SLACK_URL`` (``http://127.0.0.1:PORT/api/``, required with ``SLACK_BOT_TOKEN``):
+  slack_sdk's Web API base (and so Socket Mode's ``apps.connections.open``) is the fake's.
 * ``LAUNCHER_FINISHED_LOG`` (a file, optional): each time the Discord adapter has shown an
   answer in full (`LiveReply.finish` returned), the id of the answer's first message is
   appended, flushed at once, so a test can tell a finished reply from one cut off by a kill.
@@ -53,6 +56,20 @@ def point_discord_at(base: str) -> None:
         self.guild_ready_timeout = 0.1  # the fake sends every guild at once
 
     discord.state.ConnectionState.__init__ = init  # type: ignore[method-assign]
+
+
+def point_slack_at(api_url: str) -> None:
+    """Send slack_sdk's Web API calls (bolt's client included) to the fake at `api_url`."""
+    from slack_sdk.web.async_base_client import AsyncBaseClient
+
+    original = AsyncBaseClient.__init__
+
+    @functools.wraps(original)
+    def init(self: AsyncBaseClient, *args: Any, **kwargs: Any) -> None:
+        kwargs["base_url"] = api_url
+        original(self, *args, **kwargs)
+
+    AsyncBaseClient.__init__ = init  # type: ignore[method-assign]
 
 
 def log_finished(path: str) -> None:
@@ -191,11 +208,19 @@ class BotProcess:
 
 def main(argv: list[str]) -> int:
     base = os.environ.get("FAKE_DISCORD_URL")
-    if not base:
+    slack = os.environ.get("FAKE_SLACK_URL")
+    if not (base or slack) or (os.environ.get("DISCORD_TOKEN") and not base):
         print("FAKE_DISCORD_URL is not set; refusing to connect to the real Discord",
               file=sys.stderr)
         return 2
-    point_discord_at(base)
+    if os.environ.get("SLACK_BOT_TOKEN") and not slack:
+        print("FAKE_SLACK_URL is not set; refusing to connect to the real Slack",
+              file=sys.stderr)
+        return 2
+    if base:
+        point_discord_at(base)
+    if slack:
+        point_slack_at(slack)
     if finished_log := os.environ.get("LAUNCHER_FINISHED_LOG"):
         log_finished(finished_log)
     if prompt_log := os.environ.get("LAUNCHER_PROMPT_LOG"):
