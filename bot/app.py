@@ -12,22 +12,25 @@ import signal
 import sys
 from collections.abc import Callable
 from contextlib import AsyncExitStack
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
-from bot.config import Settings
+from bot.config import Settings, redact_url
 from bot.core.conversation import ConversationCore
 from bot.core.personas import load_personas
 from bot.engines.contract import Backend
 from bot.engines.local.model_source import ModelSource
 from bot.engines.service import ManagedEngine
 from bot.engines.worker import ModelWorker
-from bot.errors import ConfigError
+from bot.errors import ConfigError, StoreUnavailable
 from bot.ops.server import OpsServer
 from bot.platforms.base import Adapter
 from bot.platforms.console.adapter import ConsoleAdapter
 from bot.storage.interface import HistoryStore
 from bot.storage.knowledge import KnowledgeBase
 from bot.storage.sqlite import SQLiteHistoryStore
+
+if TYPE_CHECKING:
+    from bot.storage.postgres import PostgresHistoryStore
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +83,12 @@ async def run_bot(settings: Settings, make_backend: Callable[[], Backend] | None
     With `settings.ops_port` the health and metrics endpoint serves alongside, until then.
 
     Raises:
-        ConfigError: a persona file is malformed, or OPS_PORT is taken.
+        ConfigError: a persona file is malformed, OPS_PORT is taken, or the DATABASE_URL
+            server cannot be reached.
         ModelLoadError: the model could not be loaded.
     """
     personas = load_personas(settings.personas_dir)
+    history = await open_history(settings)  # first: a bad DATABASE_URL fails at once
     worker: ManagedEngine
     if engine is not None:
         worker = engine
@@ -100,11 +105,10 @@ async def run_bot(settings: Settings, make_backend: Callable[[], Backend] | None
                              timeout=settings.generation_timeout,
                              max_batch_size=settings.max_batch_size,
                              batch_token_budget=settings.batch_token_budget)
-    async with worker, SQLiteHistoryStore(settings.history_db,
-                                          max_per_channel=settings.history_max_messages) as history:
+    async with history, worker:
         info = worker.info
         print(f"Model ready: {info.name} on {info.device} ({info.dtype}). "
-              f"History: {settings.history_db}", file=sys.stderr, flush=True)
+              f"History: {describe_history(settings)}", file=sys.stderr, flush=True)
         async with AsyncExitStack() as stack:
             knowledge = None
             if settings.knowledge_dir.is_dir():
@@ -132,6 +136,37 @@ async def run_bot(settings: Settings, make_backend: Callable[[], Backend] | None
             gc.collect()
             gc.freeze()
             await _serve(adapters)
+
+
+async def open_history(settings: Settings) -> SQLiteHistoryStore | PostgresHistoryStore:
+    """The history store, opened: SQLite by default, PostgreSQL when DATABASE_URL is set
+    (several instances share it). Opened before the model loads, so a bad URL fails fast.
+
+    Raises:
+        ConfigError: the PostgreSQL server cannot be reached, or its schema is newer.
+    """
+    if not settings.database_url:
+        return await SQLiteHistoryStore(settings.history_db,
+                                        max_per_channel=settings.history_max_messages).open()
+    from bot.storage.postgres import PostgresHistoryStore
+
+    store = PostgresHistoryStore(settings.database_url,
+                                 max_per_channel=settings.history_max_messages,
+                                 pool_size=settings.database_pool_size,
+                                 lock_pool_size=settings.database_pool_size + settings.max_queue)
+    try:
+        return await store.open()
+    except StoreUnavailable as exc:
+        raise ConfigError("DATABASE_URL", f"a reachable PostgreSQL server: {exc}") from None
+    except RuntimeError as exc:  # a newer schema than this bot knows
+        raise ConfigError("DATABASE_URL", str(exc)) from None
+
+
+def describe_history(settings: Settings) -> str:
+    """Where history is kept, for the start-up line (never with a password)."""
+    if settings.database_url:
+        return f"PostgreSQL {redact_url(settings.database_url)}"
+    return str(settings.history_db)
 
 
 async def keep_retention(history: HistoryStore, days: float, *,

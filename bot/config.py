@@ -8,9 +8,10 @@ prints as one line and exits with status 2.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 from bot.errors import ConfigError
 
@@ -71,6 +72,11 @@ class Settings:
     llm_api_key: str | None = None
     llm_model: str | None = None
     llm_max_concurrency: int = 4
+    # several instances (issue #12): a shared PostgreSQL, and Discord shards per process
+    database_url: str | None = None
+    database_pool_size: int = 10
+    discord_shard_count: int | None = None
+    discord_shard_ids: tuple[int, ...] | None = None
 
     @property
     def system_prompt_text(self) -> str:
@@ -94,6 +100,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name.endswith(("_token", "_secret", "_key")) and value:
                 value = "***"
+            elif f.name == "database_url" and value:
+                value = redact_url(value)
             shown.append(f"{f.name}={value!r}")
         return f"Settings({', '.join(shown)})"
 
@@ -164,7 +172,52 @@ class Settings:
                                              or settings.slack_signing_secret):
             raise ConfigError("SLACK_SIGNING_SECRET", "the signing secret for HTTP mode "
                               "(or set SLACK_APP_TOKEN for Socket Mode)")
-        return settings
+        return replace(settings, **_scaling_settings(reader))
+
+
+def redact_url(url: str) -> str:
+    """`url` with its password replaced by ***, for logs and error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+def _scaling_settings(reader: _Reader) -> dict[str, Any]:
+    """DATABASE_URL, DATABASE_POOL_SIZE, DISCORD_SHARD_COUNT, DISCORD_SHARD_IDS (issue #12)."""
+    url = reader.optional("DATABASE_URL")
+    if url is not None:
+        expected = "a postgresql://user:password@host:port/database URL"
+        try:
+            parts = urlsplit(url)
+            _ = parts.port  # raises on a port that is not a number
+        except ValueError:
+            raise ConfigError("DATABASE_URL", expected, redact_url(url)) from None
+        if parts.scheme not in ("postgresql", "postgres") or not parts.path.strip("/"):
+            raise ConfigError("DATABASE_URL", expected, redact_url(url))
+    count = reader.number("DISCORD_SHARD_COUNT", int, 0, low=1, high=100_000) or None
+    raw_ids = reader.optional("DISCORD_SHARD_IDS")
+    ids: tuple[int, ...] | None = None
+    if raw_ids is not None:
+        if count is None:
+            raise ConfigError("DISCORD_SHARD_COUNT",
+                              "the total number of shards when DISCORD_SHARD_IDS is set")
+        parts_ids = [p.strip() for p in raw_ids.split(",") if p.strip()]
+        expected_ids = f"shard numbers from 0 to {count - 1}, comma-separated (e.g. 0,1)"
+        if not parts_ids or not all(p.isdigit() for p in parts_ids):
+            raise ConfigError("DISCORD_SHARD_IDS", expected_ids, raw_ids)
+        ids = tuple(sorted({int(p) for p in parts_ids}))
+        if ids[-1] >= count or len(ids) != len(parts_ids):
+            raise ConfigError("DISCORD_SHARD_IDS", expected_ids, raw_ids)
+    return {
+        "database_url": url,
+        "database_pool_size": reader.number("DATABASE_POOL_SIZE", int, 10, low=1, high=1000),
+        "discord_shard_count": count,
+        "discord_shard_ids": ids if ids is not None else (
+            tuple(range(count)) if count is not None else None),
+    }
 
 
 class _Reader:

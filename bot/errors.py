@@ -7,7 +7,8 @@
     ├── UserError          shown to the user verbatim (bad arguments, message too long)
     │   ├── BusyError      the model queue is full; try again in a moment
     │   ├── RateLimited    this user sent too many requests; try again in N seconds
-    │   └── UnavailableError  the model server does not answer; try again shortly
+    │   ├── UnavailableError  the model server does not answer; try again shortly
+    │   └── StoreUnavailable  the shared database cannot be reached; try again in a moment
     ├── ModelLoadError     the model could not be loaded; start-up stops
     └── GenerationError    the model failed on one request; the user gets a short apology
 
@@ -63,3 +64,11 @@ class ModelLoadError(BotError):
 
 class GenerationError(BotError):
     """The model failed while generating one reply."""
+
+
+class StoreUnavailable(UserError):
+    """The history database (PostgreSQL) cannot be reached right now; nothing was stored."""
+
+    def __init__(self, message: str = "I can't reach my database right now, so I can't "
+                 "answer; please try again in a moment.") -> None:
+        super().__init__(message)

@@ -5,9 +5,12 @@ Why: crash safety can only be tested on a process that really dies (``kill -9``)
 settings in the environment as an operator would give them. This file only does what a real
 deployment gets from the network, plus two hooks for observing the run:
 
-* ``FAKE_DISCORD_URL`` (``http://127.0.0.1:PORT``, required): discord.py's REST base and
-  gateway are pointed at the fake (what `tests.fakes.discord_server.patched_discord_endpoints`
-  does in-process), and the wait for guilds before "ready" is shortened from 2 s.
+* ``FAKE_DISCORD_URL`` (``http://127.0.0.1:PORT``, required with ``DISCORD_TOKEN``):
+  discord.py's REST base and gateway are pointed at the fake (what
+  `tests.fakes.discord_server.patched_discord_endpoints` does in-process), and the wait for
+  guilds before "ready" is shortened from 2 s.
+* ``FAKE_SLACK_URL`` (``http://127.0.0.1:PORT/api/``, required with ``SLACK_BOT_TOKEN``):
+  slack_sdk's Web API base (and so Socket Mode's ``apps.connections.open``) is the fake's.
 * ``LAUNCHER_FINISHED_LOG`` (a file, optional): each time the Discord adapter has shown an
   answer in full (`LiveReply.finish` returned), the id of the answer's first message is
   appended, flushed at once, so a test can tell a finished reply from one cut off by a kill.
@@ -55,27 +58,41 @@ def point_discord_at(base: str) -> None:
     discord.state.ConnectionState.__init__ = init  # type: ignore[method-assign]
 
 
-def log_finished(path: str) -> None:
-    """Append the first message id of every answer the Discord adapter finished to `path`."""
-    from bot.adapters import discord_adapter
+def point_slack_at(api_url: str) -> None:
+    """Send slack_sdk's Web API calls (bolt's client included) to the fake at `api_url`."""
+    from slack_sdk.web.async_base_client import AsyncBaseClient
 
-    original = discord_adapter.LiveReply.finish
+    original = AsyncBaseClient.__init__
 
     @functools.wraps(original)
-    async def finish(self: discord_adapter.LiveReply, text: str) -> None:
+    def init(self: AsyncBaseClient, *args: Any, **kwargs: Any) -> None:
+        kwargs["base_url"] = api_url
+        original(self, *args, **kwargs)
+
+    AsyncBaseClient.__init__ = init  # type: ignore[method-assign]
+
+
+def log_finished(path: str) -> None:
+    """Append the first message id of every answer the Discord adapter finished to `path`."""
+    from bot.platforms.discord import live_reply
+
+    original = live_reply.LiveReply.finish
+
+    @functools.wraps(original)
+    async def finish(self: live_reply.LiveReply, text: str) -> None:
         await original(self, text)
         if self.messages and not self.failed:
             with open(path, "a", encoding="utf-8") as out:
                 out.write(f"{self.messages[0].id}\n")
 
-    discord_adapter.LiveReply.finish = finish  # type: ignore[method-assign]
+    live_reply.LiveReply.finish = finish  # type: ignore[method-assign]
 
 
 def log_prompts(path: str) -> None:
     """Append each prompt the core builds to `path` as a JSON line (flushed at once)."""
     import bot.core.conversation
 
-    original: Callable[..., Any] = bot.core.build_chat_prompt
+    original: Callable[..., Any] = bot.core.conversation.build_chat_prompt
     lock = threading.Lock()
 
     @functools.wraps(original)
@@ -85,7 +102,7 @@ def log_prompts(path: str) -> None:
             out.write(json.dumps(prompt) + "\n")
         return prompt
 
-    bot.core.build_chat_prompt = build  # type: ignore[assignment]
+    bot.core.conversation.build_chat_prompt = build  # type: ignore[assignment]
 
 
 def clean_environment(settings: Mapping[str, str]) -> dict[str, str]:
@@ -191,11 +208,19 @@ class BotProcess:
 
 def main(argv: list[str]) -> int:
     base = os.environ.get("FAKE_DISCORD_URL")
-    if not base:
+    slack = os.environ.get("FAKE_SLACK_URL")
+    if not (base or slack) or (os.environ.get("DISCORD_TOKEN") and not base):
         print("FAKE_DISCORD_URL is not set; refusing to connect to the real Discord",
               file=sys.stderr)
         return 2
-    point_discord_at(base)
+    if os.environ.get("SLACK_BOT_TOKEN") and not slack:
+        print("FAKE_SLACK_URL is not set; refusing to connect to the real Slack",
+              file=sys.stderr)
+        return 2
+    if base:
+        point_discord_at(base)
+    if slack:
+        point_slack_at(slack)
     if finished_log := os.environ.get("LAUNCHER_FINISHED_LOG"):
         log_finished(finished_log)
     if prompt_log := os.environ.get("LAUNCHER_PROMPT_LOG"):

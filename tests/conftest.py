@@ -19,6 +19,7 @@ from bot.engines.worker import ModelWorker
 from bot.storage.interface import HistoryStore
 from bot.storage.sqlite import SQLiteHistoryStore
 from tests.fakes.backends import EchoBackend
+from tests.pg_fixtures import postgres_server, postgres_url  # noqa: F401  (fixtures)
 from tests.tiny_model import save_tiny_model
 
 

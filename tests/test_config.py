@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -108,3 +109,64 @@ def test_slack_http_mode_needs_a_signing_secret() -> None:
         Settings.from_env({"SLACK_BOT_TOKEN": "xoxb-1"})
     assert Settings.from_env({"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_APP_TOKEN": "xapp-1"})
     assert Settings.from_env({"SLACK_BOT_TOKEN": "xoxb-1", "SLACK_SIGNING_SECRET": "s"})
+
+
+# --- several instances (issue #12) -----------------------------------------------------
+
+@pytest.mark.parametrize(("env", "variable"), [
+    ({"DATABASE_URL": "mysql://bot:pw@db/bot"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "postgresql://bot:pw@db:port/bot"}, "DATABASE_URL"),
+    ({"DATABASE_URL": "postgresql://bot:pw@db:5432"}, "DATABASE_URL"),
+    ({"DATABASE_POOL_SIZE": "0"}, "DATABASE_POOL_SIZE"),
+    ({"DISCORD_SHARD_IDS": "0"}, "DISCORD_SHARD_COUNT"),
+    ({"DISCORD_SHARD_COUNT": "two"}, "DISCORD_SHARD_COUNT"),
+    ({"DISCORD_SHARD_COUNT": "2", "DISCORD_SHARD_IDS": "0,2"}, "DISCORD_SHARD_IDS"),
+    ({"DISCORD_SHARD_COUNT": "2", "DISCORD_SHARD_IDS": "1,1"}, "DISCORD_SHARD_IDS"),
+    ({"DISCORD_SHARD_COUNT": "2", "DISCORD_SHARD_IDS": "one"}, "DISCORD_SHARD_IDS"),
+])
+def test_bad_scaling_settings_name_the_variable(env: dict[str, str], variable: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert caught.value.variable == variable
+    assert "pw" not in str(caught.value)  # never the database password
+
+
+def test_scaling_settings_are_parsed_and_the_password_hidden() -> None:
+    settings = Settings.from_env({"DATABASE_URL": "postgresql://bot:s3cret@db:5432/bot",
+                                  "DATABASE_POOL_SIZE": "4", "DISCORD_SHARD_COUNT": "4",
+                                  "DISCORD_SHARD_IDS": " 3, 1"})
+    assert settings.database_url == "postgresql://bot:s3cret@db:5432/bot"
+    assert settings.database_pool_size == 4
+    assert (settings.discord_shard_count, settings.discord_shard_ids) == (4, (1, 3))
+    assert "s3cret" not in repr(settings) and "bot:***@db:5432/bot" in repr(settings)
+    every = Settings.from_env({"DISCORD_SHARD_COUNT": "3"})
+    assert every.discord_shard_ids == (0, 1, 2)  # all shards in this process
+    unsharded = Settings.from_env({})
+    assert (unsharded.database_url, unsharded.discord_shard_count) == (None, None)
+
+
+def test_an_unreachable_database_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "console", "--env-file", str(tmp_path / "none.env")],
+        input="hello\n", capture_output=True, text=True, cwd=ROOT, timeout=120,
+        env={**os.environ, "DATABASE_URL": "postgresql://bot:pw@127.0.0.1:1/bot"})
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Configuration error: DATABASE_URL: expected a reachable "
+                               "PostgreSQL server")
+    assert "pw" not in lines[0]
+
+
+def test_compose_file_sets_only_known_settings() -> None:
+    import yaml
+
+    compose = yaml.safe_load((ROOT / "compose.yaml").read_text())
+    known = {f.name.upper() for f in dataclasses.fields(Settings)}
+    bots = [s for name, s in compose["services"].items() if name.startswith("bot-")]
+    assert len(bots) == 2
+    for service in bots:
+        assert set(service["environment"]) <= known
+        assert service["environment"]["DATABASE_URL"].startswith("postgresql://")
+        Settings.from_env(service["environment"])  # parses
+    assert sorted(s["environment"]["DISCORD_SHARD_IDS"] for s in bots) == ["0", "1"]

@@ -8,12 +8,13 @@ receives the reply so far, so each adapter can stream it its own way.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import re
 import time
 from collections import OrderedDict, defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 
 from bot.config import Settings
 from bot.core.commands import (
@@ -25,12 +26,18 @@ from bot.core.commands import (
 )
 from bot.core.personas import DEFAULT_PERSONA, Persona, load_personas
 from bot.core.prompting import build_chat_prompt, cut_at_speaker, knowledge_block, window_from
-from bot.core.rate_limit import RateLimiter
 from bot.core.summarize import summarize_lines
 from bot.engines.contract import GenerationRequest, SamplingParams
 from bot.engines.handles import GenerationHandle
 from bot.engines.service import GenerationService
-from bot.errors import BusyError, GenerationError, RateLimited, UnavailableError, UserError
+from bot.errors import (
+    BusyError,
+    GenerationError,
+    RateLimited,
+    StoreUnavailable,
+    UnavailableError,
+    UserError,
+)
 from bot.ops.metrics import BotMetrics
 from bot.ops.request_context import new_request_id
 from bot.ops.request_context import outcome as request_outcome
@@ -68,13 +75,15 @@ class ConversationCore:
         worker: generates text (`ModelWorker` or anything with the same surface).
         history: where each channel's turns are kept.
         settings: prompt, sampling and limits.
-        clock: monotonic seconds, injectable for uptime tests.
+        clock: seconds, injectable for tests of uptime and the rate limit. By default uptime
+            reads the monotonic clock and the rate limit wall time, which every instance
+            sharing a store agrees on.
     """
 
     def __init__(self, *, worker: GenerationService, history: HistoryStore, settings: Settings,
                  personas: Mapping[str, Persona] | None = None,
                  knowledge: KnowledgeBase | None = None, metrics: BotMetrics | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] | None = None) -> None:
         self.worker = worker
         self.history = history
         self.settings = settings
@@ -82,12 +91,16 @@ class ConversationCore:
         self.knowledge = knowledge
         self.metrics = metrics or BotMetrics()
         self.metrics.watch_queue(lambda: self.worker.queue_depth)
-        self.rate_limiter = RateLimiter(settings.rate_limit_per_minute, clock=clock)
         self._latest: dict[tuple[ChannelKey, str], str] = {}
         self._deleted: OrderedDict[tuple[ChannelKey, str], None] = OrderedDict()
         self._inflight: dict[tuple[ChannelKey, str], GenerationHandle] = {}
-        self._clock = clock
-        self._started = clock()
+        self._clock = clock or time.monotonic
+        self._wall = clock or time.time
+        self._started = self._clock()
+        self._orders: dict[tuple[ChannelKey, str], int] = {}  # claimed messages' order
+        self._order_changed = asyncio.Condition()
+        self.status_providers: list[Callable[[], list[str]]] = []
+        """Extra `/status` lines from the adapters (e.g. the Discord shards of this process)."""
         self._locks: defaultdict[ChannelKey, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._prompt_starts: OrderedDict[ChannelKey, Turn] = OrderedDict()
         self.sampling = SamplingParams(max_new_tokens=settings.max_new_tokens,
@@ -111,6 +124,9 @@ class ConversationCore:
                 return None
             if not msg.addressed and command is not None:
                 return None  # a stray "/word" in passing is not a command for the bot
+        except StoreUnavailable as exc:
+            self.metrics.count(msg.key.platform, "store_unavailable")
+            return Reply(msg.key, str(exc), reply_to=msg.message_id) if msg.addressed else None
         except Exception:
             log.exception("could not read the settings of %s", msg.key)
             return Reply(msg.key, APOLOGY, reply_to=msg.message_id)
@@ -118,7 +134,7 @@ class ConversationCore:
         log.info("request from %s in %s: %s", msg.author_id, msg.key,
                  f"/{command}" if command else f"{len(text)} characters")
         try:
-            self._check_rate(msg)
+            await self._check_rate(msg)
             if command is None:
                 answer = await self.chat(msg, text, on_progress=on_progress,
                                          on_queued=on_queued)
@@ -141,6 +157,9 @@ class ConversationCore:
             answer = str(exc)
         except UnavailableError as exc:
             request_outcome.set("unavailable")
+            answer = str(exc)
+        except StoreUnavailable as exc:
+            request_outcome.set("store_unavailable")
             answer = str(exc)
         except UserError as exc:
             request_outcome.set("refused")
@@ -166,15 +185,66 @@ class ConversationCore:
         if handle is not None and not handle.started:
             handle.cancel()  # still queued: the worker skips it (once started, it is answered)
 
-    def _check_rate(self, msg: IncomingMessage) -> None:
+    @contextlib.asynccontextmanager
+    async def claimed(self, key: ChannelKey, message_id: str, event_id: str, *,
+                      order: int | None = None) -> AsyncIterator[bool]:
+        """Claim a platform event before answering it; yields whether this process won.
+
+        Several instances may receive the same event (Slack behind a load balancer, its
+        retries, two Discord processes on one shard); only the one whose claim comes first
+        answers. `order` (a Discord snowflake, a Slack ts as microseconds) keeps a
+        conversation's turns in the order sent across instances. If the store cannot be
+        reached the event is answered anyway (with the store's short error, most likely).
+        """
+        try:
+            won = await self.history.claim_event(event_id, key=key, order=order)
+        except StoreUnavailable:
+            log.warning("could not claim %s: the store is unavailable", event_id)
+            won = True
+        if not won:
+            log.info("%s was claimed by another instance (or already answered)", event_id)
+            yield False
+            return
+        if order is not None:
+            self._orders[(key, message_id)] = order
+        try:
+            yield True
+        finally:
+            if self._orders.pop((key, message_id), None) is not None:
+                async with self._order_changed:
+                    self._order_changed.notify_all()
+            with contextlib.suppress(StoreUnavailable):
+                await self.history.finish_event(event_id)
+
+    ORDER_WAIT = 30.0
+    """Longest a turn waits for an earlier claimed message of its conversation."""
+
+    async def _after_earlier_claims(self, key: ChannelKey, order: int | None) -> None:
+        """Wait (bounded) until this process has no earlier claimed message of `key` still
+        being handled, so turns take the channel lock in the order they were sent, not in
+        the order their platform calls happened to finish (the store's lock does the same
+        across instances)."""
+        if order is None:
+            return
+
+        def none_earlier() -> bool:
+            return not any(k == key and o < order for (k, _), o in self._orders.items())
+
+        async with self._order_changed:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._order_changed.wait_for(none_earlier),
+                                       self.ORDER_WAIT)
+
+    async def _check_rate(self, msg: IncomingMessage) -> None:
         if msg.is_admin:
             return  # admins are exempt, so they can always reach /reset and /settings
-        wait = self.rate_limiter.retry_after((msg.key.platform, msg.author_id))
+        limit = self.settings.rate_limit_per_minute
+        wait = await self.history.rate_hit(f"{msg.key.platform}:{msg.author_id}", limit=limit,
+                                           now=self._wall())
         if wait > 0:
             raise RateLimited(
                 f"You're sending requests faster than I can answer (at most "
-                f"{self.rate_limiter.per_minute} a minute). Please try again in "
-                f"{max(1, math.ceil(wait))} s.")
+                f"{limit} a minute). Please try again in {max(1, math.ceil(wait))} s.")
 
     def _check_stale(self, msg: IncomingMessage) -> None:
         """Raise `_Dropped` if the message was deleted or its author has sent a newer one."""
@@ -250,7 +320,9 @@ class ConversationCore:
                 (context_tokens - sampling.max_new_tokens) // 2)
         author = (msg.key, msg.author_id)
         self._latest[author] = msg.message_id
-        async with self._locks[msg.key]:
+        order = self._orders.get((msg.key, msg.message_id))
+        await self._after_earlier_claims(msg.key, order)
+        async with self._locks[msg.key], self.history.channel_lock(msg.key, order=order):
             self._check_stale(msg)
             turns = await self.history.recent(msg.key)
             user_turn = Turn("user", msg.author_name, text)
@@ -266,7 +338,11 @@ class ConversationCore:
             self._inflight[pending] = handle
             try:
                 # Stored before anything is shown, so an acknowledged message survives a crash.
-                await self.history.add(msg.key, user_turn, message_id=msg.message_id)
+                try:
+                    await self.history.add(msg.key, user_turn, message_id=msg.message_id)
+                except Exception:
+                    handle.cancel()  # not stored: not answered either
+                    raise
                 if ahead and on_queued is not None:
                     await on_queued(ahead)
                 speakers = {t.author for t in turns if t.role == "user"} | {msg.author_name}
@@ -370,7 +446,8 @@ class ConversationCore:
         lines = [f"{t.author}: {clean_text(t.text)}" for t in turns[-count:] if t.text.strip()]
         if not lines:
             raise UserError("There is nothing to summarise here yet.")
-        async with self._locks[key]:  # one model job per channel keeps channels fair
+        # one model job per channel keeps channels fair
+        async with self._locks[key], self.history.channel_lock(key):
             summary = await summarize_lines(
                 lines, complete=self.complete, counter=self.worker.token_counter,
                 context_tokens=self.worker.info.context_tokens,
@@ -411,5 +488,7 @@ class ConversationCore:
         if self.knowledge is not None:
             kb = await self.knowledge.stats()
             lines.append(f"Knowledge base: {kb.documents} documents, {kb.passages} passages")
+        for provide in self.status_providers:
+            lines.extend(provide())
         lines.append(f"Uptime: {hours}h {minutes:02d}m {seconds:02d}s")
         return "\n".join(lines)

@@ -144,8 +144,8 @@ class OpsServer:
             "status": status,
             "model": {"loaded": loaded, "name": info.name if info else None,
                       "device": info.device if info else None},
-            "platforms": {a.platform: {"connected": parts[f"platform:{a.platform}"]}
-                          for a in self.adapters},
+            "platforms": {a.platform: {"connected": parts[f"platform:{a.platform}"],
+                                       **_details(a)} for a in self.adapters},
             "queue_depth": worker.queue_depth,
             "uptime_s": round(self._clock() - self._started, 3),
         }
@@ -165,3 +165,9 @@ class OpsServer:
             metrics.history_messages.set(stats.turns)
         return web.Response(body=generate_latest(metrics.registry),
                             headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+def _details(adapter: object) -> dict[str, Any]:
+    """An adapter's own health details, if it has any (the Discord shards it holds)."""
+    details = getattr(adapter, "health_details", None)
+    return dict(details()) if callable(details) else {}

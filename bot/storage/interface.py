@@ -1,11 +1,13 @@
 """The storage interface the core uses, and the plain records that cross it.
 
-The core never knows which store it has: `bot.storage.sqlite` is the default, and another
-store (PostgreSQL for several instances) implements the same `HistoryStore` protocol.
+The core never knows which store it has: `bot.storage.sqlite` is the default, and
+`bot.storage.postgres` (several instances on one PostgreSQL) implements the same
+`HistoryStore` protocol; `tests/test_store_contract.py` runs the same tests against both.
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -80,3 +82,33 @@ class HistoryStore(Protocol):
     async def channel_settings(self, key: ChannelKey) -> ChannelSettings: ...
 
     async def save_channel_settings(self, key: ChannelKey, settings: ChannelSettings) -> None: ...
+
+    # -- state several instances share (issue #12) ------------------------------------
+
+    async def claim_event(self, event_id: str, *, key: ChannelKey | None = None,
+                          order: int | None = None) -> bool:
+        """Claim a platform event (a message, a Slack retry, a slash command) for answering.
+
+        True for the first claim of `event_id` only, in this process or any other on the same
+        store, so an event delivered to several instances (or redelivered) is answered once.
+        `key` and `order` (the platform's ordering of messages in a conversation, e.g. a
+        Discord snowflake) let `channel_lock` keep a conversation's turns in order.
+        """
+        ...
+
+    async def finish_event(self, event_id: str) -> None:
+        """The claimed event has been answered or dropped; later turns need not wait for it."""
+        ...
+
+    def channel_lock(self, key: ChannelKey, *,
+                     order: int | None = None) -> AbstractAsyncContextManager[None]:
+        """Hold the conversation for one turn across instances (the core also holds its own
+        in-process lock). With `order`, wait (bounded) for earlier claimed messages of the
+        conversation that another live instance is still handling."""
+        ...
+
+    async def rate_hit(self, key: str, *, limit: int, now: float,
+                       window: float = 60.0) -> float:
+        """Count one request of `key` unless it made `limit` in the last `window` seconds
+        (`now` is wall-clock seconds); returns 0 when counted, else seconds until allowed."""
+        ...

@@ -7,7 +7,10 @@ the event loop never waits on disk.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import cast
 
@@ -39,7 +42,14 @@ CREATE TABLE IF NOT EXISTS channel_settings (
     model          TEXT,
     PRIMARY KEY (platform, channel_id)
 );
+CREATE TABLE IF NOT EXISTS claimed_events (
+    event_id    TEXT PRIMARY KEY,
+    claimed_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS claimed_by_age ON claimed_events (claimed_at);
 """
+CLAIM_TTL = 86_400.0
+"""Claimed event ids are kept a day: platforms redeliver within minutes, not days."""
 
 
 class SQLiteHistoryStore:
@@ -48,18 +58,32 @@ class SQLiteHistoryStore:
     Args:
         path: the SQLite file; its folder is created if missing. ``":memory:"`` for tests.
         max_per_channel: older turns beyond this many are deleted as new ones arrive.
+        clock: wall-clock seconds for the turns' timestamps (retention), injectable for tests.
+
+    One process uses the file: claimed events are kept in it (a redelivery after a restart
+    is still answered once), the per-channel lock is the core's in-process one, and the rate
+    limit counts in memory.
     """
 
-    def __init__(self, path: str | Path, *, max_per_channel: int = 200) -> None:
+    def __init__(self, path: str | Path, *, max_per_channel: int = 200,
+                 clock: Callable[[], float] = time.time) -> None:
         self.path = path
         self.max_per_channel = max_per_channel
+        self._clock = clock
+        self._hits: dict[str, deque[float]] = {}
+        self._opened = False
+        self._last_cleanup = 0.0
         self._sql = SQLiteRunner(path, _SCHEMA, name="history")
         self._run = self._sql.run
         self._conn = self._sql.conn
 
     async def open(self) -> SQLiteHistoryStore:
-        await self._sql.open()
-        await self._run(self._migrate)
+        """Open the file; opening an open store again does nothing (`async with` after
+        an explicit open, as the app does)."""
+        if not self._opened:
+            await self._sql.open()
+            await self._run(self._migrate)
+            self._opened = True
         return self
 
     def _migrate(self) -> None:
@@ -105,7 +129,7 @@ class SQLiteHistoryStore:
 
     async def prune(self, older_than_days: float) -> int:
         """Delete turns older than the retention period; returns how many."""
-        return await self._run(self._prune, time.time() - older_than_days * 86_400)
+        return await self._run(self._prune, self._clock() - older_than_days * 86_400)
 
     async def count(self, key: ChannelKey) -> int:
         """Turns stored for this conversation."""
@@ -122,7 +146,49 @@ class SQLiteHistoryStore:
     async def save_channel_settings(self, key: ChannelKey, settings: ChannelSettings) -> None:
         await self._run(self._save_channel_settings, key, settings)
 
+    # -- state shared between instances: one instance here -----------------------------
+
+    async def claim_event(self, event_id: str, *, key: ChannelKey | None = None,
+                          order: int | None = None) -> bool:
+        """True for the first claim of `event_id` (kept a day, across restarts)."""
+        return await self._run(self._claim, event_id, self._clock())
+
+    async def finish_event(self, event_id: str) -> None:
+        """Nothing to do: one process, whose own lock keeps each conversation in order."""
+
+    @contextlib.asynccontextmanager
+    async def channel_lock(self, key: ChannelKey, *,
+                           order: int | None = None) -> AsyncIterator[None]:
+        """Nothing beyond the core's in-process lock: only one process uses this file."""
+        yield
+
+    async def rate_hit(self, key: str, *, limit: int, now: float,
+                       window: float = 60.0) -> float:
+        """A sliding window per key, in memory (least recently seen keys forgotten first)."""
+        if limit <= 0:
+            return 0.0
+        hits = self._hits.pop(key, None) or deque()
+        while hits and now - hits[0] >= window:
+            hits.popleft()
+        self._hits[key] = hits  # re-inserted: dict order is least recently seen first
+        if len(hits) >= limit:
+            return hits[0] + window - now
+        hits.append(now)
+        if len(self._hits) > 100_000:
+            del self._hits[next(iter(self._hits))]
+        return 0.0
+
     # -- on the private thread -------------------------------------------------------
+
+    def _claim(self, event_id: str, now: float) -> bool:
+        db = self._conn()
+        with db:
+            claimed = db.execute("INSERT OR IGNORE INTO claimed_events VALUES (?, ?)",
+                                 (event_id, now)).rowcount == 1
+            if now - self._last_cleanup > 600:
+                self._last_cleanup = now
+                db.execute("DELETE FROM claimed_events WHERE claimed_at < ?", (now - CLAIM_TTL,))
+        return claimed
 
     def _add(self, key: ChannelKey, turn: Turn, message_id: str | None) -> None:
         db = self._conn()
@@ -132,7 +198,7 @@ class SQLiteHistoryStore:
             db.execute(
                 "INSERT INTO turns (platform, channel_id, thread_id, role, author, text,"
                 " message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (*where, turn.role, turn.author, turn.text, message_id, time.time()))
+                (*where, turn.role, turn.author, turn.text, message_id, self._clock()))
             db.execute(
                 "DELETE FROM turns WHERE platform = ? AND channel_id = ? AND thread_id = ?"
                 " AND id <= (SELECT id FROM turns WHERE platform = ? AND channel_id = ?"
@@ -183,7 +249,8 @@ class SQLiteHistoryStore:
             " system_prompt, thread_replies, enabled, updated_at, model)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (key.platform, key.channel_id, settings.persona, settings.system_prompt,
-             int(settings.thread_replies), int(settings.enabled), time.time(), settings.model))
+             int(settings.thread_replies), int(settings.enabled), self._clock(),
+             settings.model))
 
     def _forget_channel(self, key: ChannelKey) -> int:
         db = self._conn()

@@ -696,6 +696,17 @@ class _GatewaySession:
     def has_intent(self, bit: int) -> bool:
         return bool(self.intents & bit)
 
+    def receives(self, guild_id: int | None) -> bool:
+        """Whether this session gets the events of `guild_id` (None: DMs), as Discord routes
+        them: guild events to shard ``(guild_id >> 22) % shard_count``, DMs to shard 0, and
+        everything to a session that IDENTIFYed without a shard."""
+        if not self.shard:
+            return True
+        shard_id, shard_count = int(self.shard[0]), int(self.shard[1])
+        if guild_id is None:
+            return shard_id == 0
+        return (int(guild_id) >> 22) % shard_count == shard_id
+
 
 # --------------------------------------------------------------------------------------------
 # The fake
@@ -845,6 +856,16 @@ class FakeDiscord:
         """A fresh, strictly increasing snowflake (time-based, so history ordering works)."""
         ms = int(time.time() * 1000) - DISCORD_EPOCH_MS
         value = max((ms << 22) | (next(self._ids) & 0xFFF), self._last_snowflake + 1)
+        self._last_snowflake = value
+        return value
+
+    def snowflake_on_shard(self, shard_id: int, shard_count: int) -> int:
+        """A fresh snowflake that, as a guild id, Discord routes to `shard_id` of `shard_count`
+        (its millisecond part is moved forward by less than `shard_count`)."""
+        value = self.snowflake()
+        ms = value >> 22
+        ms += (shard_id - ms) % shard_count
+        value = max(value, (ms << 22) | (value & 0x3FFFFF))
         self._last_snowflake = value
         return value
 
@@ -1055,9 +1076,11 @@ class FakeDiscord:
         self.users[user.id] = user
         return user
 
-    def _new_guild(self, name: str, *, owner: FakeUser | None = None) -> FakeGuild:
+    def _new_guild(self, name: str, *, owner: FakeUser | None = None,
+                   shard: tuple[int, int] | None = None) -> FakeGuild:
         owner = owner or self.app_owner
-        guild = FakeGuild(id=self.snowflake(), name=name, owner_id=owner.id)
+        guild_id = self.snowflake() if shard is None else self.snowflake_on_shard(*shard)
+        guild = FakeGuild(id=guild_id, name=name, owner_id=owner.id)
         guild.roles[guild.id] = FakeRole(
             id=guild.id,
             guild_id=guild.id,
@@ -1110,10 +1133,18 @@ class FakeDiscord:
         return member
 
     async def create_guild(
-        self, name: str, *, owner: FakeUser | None = None, members: Iterable[FakeUser] = ()
+        self,
+        name: str,
+        *,
+        owner: FakeUser | None = None,
+        members: Iterable[FakeUser] = (),
+        shard: tuple[int, int] | None = None,
     ) -> FakeGuild:
-        """A new guild the bot is in; dispatches GUILD_CREATE to connected clients."""
-        guild = self._new_guild(name, owner=owner)
+        """A new guild the bot is in; dispatches GUILD_CREATE to connected clients.
+
+        ``shard=(shard_id, shard_count)`` picks an id that Discord routes to that shard.
+        """
+        guild = self._new_guild(name, owner=owner, shard=shard)
         for user in members:
             self._add_member(guild, user)
         await self.dispatch("GUILD_CREATE", guild.payload(joined=True), intent=INTENT_GUILDS)
@@ -1672,14 +1703,19 @@ class FakeDiscord:
     ) -> int:
         """Send a DISPATCH (op 0) to every live-or-resumable session; returns how many got it.
 
-        Sessions whose IDENTIFY lacked ``intent`` are skipped. Events for a session whose
-        socket is down are kept in its backlog and replayed on RESUME, like Discord does.
+        Sessions whose IDENTIFY lacked ``intent`` are skipped, and so are sharded sessions
+        that do not hold the event's guild (`_GatewaySession.receives`; the guild is read from
+        ``data``). Events for a session whose socket is down are kept in its backlog and
+        replayed on RESUME, like Discord does.
         """
         count = 0
+        guild_id = _guild_of(event, data)
         for session in list(self._sessions.values()):
             if not session.ready:
                 continue
             if intent is not None and not session.has_intent(intent):
+                continue
+            if not session.receives(guild_id):
                 continue
             d = transform(session) if transform is not None else data
             await self._send_dispatch(session, event, d)
@@ -1839,7 +1875,8 @@ class FakeDiscord:
         ready: dict[str, Any] = {
             "v": 10,
             "user": self._bot_user_payload(),
-            "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds],
+            "guilds": [{"id": str(g), "unavailable": True} for g in self.guilds
+                       if session.receives(g)],
             "session_id": session.id,
             "resume_gateway_url": self.resume_gateway_url,
             "application": {"id": str(self.application_id), "flags": self._application_flags()},
@@ -1855,6 +1892,8 @@ class FakeDiscord:
             ready["shard"] = session.shard
         await self._send_dispatch(session, "READY", ready)
         for guild in list(self.guilds.values()):
+            if not session.receives(guild.id):
+                continue
             await self._send_dispatch(session, "GUILD_CREATE", guild.payload())
         session.ready = True
         self._sessions[session.id] = session
@@ -2672,6 +2711,15 @@ class FakeDiscord:
 # --------------------------------------------------------------------------------------------
 # Pointing discord.py at the fake
 # --------------------------------------------------------------------------------------------
+
+
+def _guild_of(event: str, data: Any) -> int | None:
+    """The guild an event belongs to, for shard routing (None: a DM or no guild)."""
+    if not isinstance(data, dict):
+        return None
+    raw = data.get("id") if event.startswith("GUILD_") and "guild_id" not in data else (
+        data.get("guild_id"))
+    return int(raw) if raw is not None else None
 
 
 @contextlib.contextmanager

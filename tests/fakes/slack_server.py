@@ -27,7 +27,7 @@ import json
 import time
 import uuid
 from collections import defaultdict, deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlencode
@@ -308,6 +308,8 @@ class FakeSlack:
         self._last_us = 0
         self._ids = itertools.count(1)
         self._http_target: tuple[str, str] | None = None
+        self._http_also: list[str] = []
+        self._http_retries = 0
         self._runner: web.AppRunner | None = None
         self._port: int | None = None
         self._methods: dict[str, ApiMethod] = {
@@ -493,9 +495,24 @@ class FakeSlack:
         self._last_us = us
         return f"{us // 1_000_000}.{us % 1_000_000:06d}"
 
-    def use_http(self, url: str, signing_secret: str = DEFAULT_SIGNING_SECRET) -> None:
-        """Deliver ``send_*`` payloads as signed HTTP POSTs to a bolt app at ``url``."""
+    def use_http(
+        self,
+        url: str,
+        signing_secret: str = DEFAULT_SIGNING_SECRET,
+        *,
+        also: list[str] | None = None,
+        retries: int = 0,
+    ) -> None:
+        """Deliver ``send_*`` payloads as signed HTTP POSTs to a bolt app at ``url``.
+
+        ``also``: further instances that get the very same request at the same time (what a
+        misbehaving load balancer, or a retry landing elsewhere, amounts to). ``retries``:
+        each event is then sent again that many times to every target, with Slack's
+        ``X-Slack-Retry-Num`` / ``X-Slack-Retry-Reason`` headers and the same ``event_id``.
+        """
         self._http_target = (url, signing_secret)
+        self._http_also = list(also or [])
+        self._http_retries = retries
 
     def use_socket_mode(self) -> None:
         """Deliver ``send_*`` payloads over the Socket Mode websocket (the default)."""
@@ -1223,12 +1240,20 @@ class FakeSlack:
         )
         self.deliveries.append(delivery)
         self._deliveries_by_id[envelope_id] = delivery
+        send: Callable[..., Awaitable[SignedResponse]] = send_signed_interactive
         if type_ == "events_api":
-            resp = await send_signed_event(url, secret, payload)
+            send = send_signed_event
         elif type_ == "slash_commands":
-            resp = await send_signed_slash_command(url, secret, payload)
-        else:
-            resp = await send_signed_interactive(url, secret, payload)
+            send = send_signed_slash_command
+        responses = await asyncio.gather(
+            *(send(target, secret, payload) for target in [url, *self._http_also]))
+        resp = responses[0]
+        if type_ == "events_api":
+            for attempt in range(1, self._http_retries + 1):
+                headers = {"X-Slack-Retry-Num": str(attempt),
+                           "X-Slack-Retry-Reason": "http_timeout"}
+                await asyncio.gather(*(send(target, secret, payload, extra_headers=headers)
+                                       for target in [url, *self._http_also]))
         delivery.acked_at = time.monotonic()
         delivery.http_status = resp.status
         delivery.http_body = resp.body

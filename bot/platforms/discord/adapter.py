@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Coroutine
 from typing import Any
 
@@ -38,7 +39,7 @@ from bot.core.commands import TranscriptFetcher
 from bot.core.conversation import APOLOGY, SHUTDOWN_MARK, ConversationCore
 from bot.errors import UserError
 from bot.platforms.base import EditThrottle
-from bot.platforms.discord.gateway import GatewayClient
+from bot.platforms.discord.gateway import make_client
 from bot.platforms.discord.live_reply import LiveReply, bounded, describe, queue_status
 from bot.platforms.discord.slash_commands import Interaction, register_commands, sync_commands
 from bot.platforms.discord.text import (
@@ -94,7 +95,10 @@ class DiscordAdapter:
         self.settings = settings
         self.edit_interval = edit_interval
         self.shutdown_grace = shutdown_grace
-        self.client = GatewayClient(self)
+        self.client = make_client(self, shard_count=settings.discord_shard_count,
+                                  shard_ids=settings.discord_shard_ids)
+        if settings.discord_shard_count is not None:
+            core.status_providers.append(self.shard_status_lines)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: dict[int, ChannelKey] = {}  # message id → its key, while answering
         self._stopping = False
@@ -141,14 +145,51 @@ class DiscordAdapter:
 
     @property
     def connected(self) -> bool:
-        """Logged in with the gateway open (False while discord.py reconnects)."""
+        """Logged in with the gateway open (False while discord.py reconnects); sharded:
+        every shard of this process connected."""
+        if not self.client.is_ready() or self.client.is_closed():
+            return False
+        if isinstance(self.client, discord.AutoShardedClient):
+            shards = self.client.shards
+            return bool(shards) and not any(shard.is_closed() for shard in shards.values())
         ws = self.client.ws
-        return (self.client.is_ready() and not self.client.is_closed()
-                and ws is not None and ws.open)
+        return ws is not None and ws.open
+
+    @property
+    def shard_ids(self) -> tuple[int, ...] | None:
+        """The shards this process runs (None: unsharded)."""
+        return self.settings.discord_shard_ids
+
+    def shard_latencies(self) -> dict[int, float | None]:
+        """Each shard's heartbeat latency in seconds (None until it has connected)."""
+        if not isinstance(self.client, discord.AutoShardedClient):
+            return {}
+        measured = dict(self.client.latencies)  # inf or nan before the first heartbeat
+        return {shard: (latency if (latency := measured.get(shard)) is not None
+                        and math.isfinite(latency) else None) for shard in self.shard_ids or ()}
+
+    def health_details(self) -> dict[str, Any]:
+        """For ``/healthz``: the shards this process holds, their latency and connection."""
+        if not isinstance(self.client, discord.AutoShardedClient):
+            return {}
+        shards = self.client.shards
+        return {"shard_count": self.settings.discord_shard_count, "shards": {
+            str(shard): {"connected": shard in shards and not shards[shard].is_closed(),
+                         "latency_ms": None if latency is None else round(latency * 1000, 1)}
+            for shard, latency in self.shard_latencies().items()}}
+
+    def shard_status_lines(self) -> list[str]:
+        """For ``/status``: "Discord shards here: 0 (42 ms), 1 (40 ms) of 2"."""
+        shown = ", ".join(f"{shard} ({'-' if latency is None else round(latency * 1000)} ms)"
+                          for shard, latency in self.shard_latencies().items())
+        return [f"Discord shards here: {shown} of {self.settings.discord_shard_count}"]
 
     def on_ready(self) -> None:
         user = self.client.user
         log.info("connected to Discord as %s in %d server(s)", user, len(self.client.guilds))
+        if self.shard_ids is not None:
+            log.info("Discord shards %s of %d run in this process",
+                     ",".join(map(str, self.shard_ids)), self.settings.discord_shard_count)
         if not self.client.guilds and self.client.application_id is not None:
             log.warning("the bot is in no Discord server yet; invite it with %s",
                         self.invite_url())
@@ -188,11 +229,15 @@ class DiscordAdapter:
             log.warning("mentioned in %s but missing the permission to send messages there; "
                         "not answering", describe(message.channel))
             return
-        self._pending[message.id] = incoming.key
-        try:
-            await self._track(self._answer(message, incoming))
-        finally:
-            self._pending.pop(message.id, None)
+        async with self.core.claimed(incoming.key, incoming.message_id,
+                                     f"discord:message:{message.id}", order=message.id) as mine:
+            if not mine:
+                return  # another instance on this shard answers it
+            self._pending[message.id] = incoming.key
+            try:
+                await self._track(self._answer(message, incoming))
+            finally:
+                self._pending.pop(message.id, None)
 
     def message_deleted(self, message_id: int) -> None:
         """A message was deleted: if its answer has not started, the core drops it."""
@@ -321,7 +366,11 @@ class DiscordAdapter:
     # ------------------------------------------------------------------ slash commands
 
     async def sync_commands(self) -> None:
-        """Register the slash commands with Discord (called once connected)."""
+        """Register the slash commands with Discord (called once connected); with shards,
+        only the process holding shard 0 does, so they are registered once."""
+        if self.shard_ids is not None and 0 not in self.shard_ids:
+            log.info("not registering slash commands: the process holding shard 0 does")
+            return
         await sync_commands(self.client.tree, guild_id=self.settings.discord_guild_id,
                             invite_url=self.invite_url())
 
@@ -339,13 +388,21 @@ class DiscordAdapter:
                                                   is_direct=is_direct):
             await self._refuse(interaction, NOT_HERE)
             return
+        incoming = interaction_to_incoming(interaction, channel, command, args)
+        async with self.core.claimed(incoming.key, incoming.message_id,
+                                     f"discord:interaction:{interaction.id}") as mine:
+            if mine:  # else another instance on this shard answers it
+                await self._run_claimed(interaction, incoming, command, args)
+
+    async def _run_claimed(self, interaction: Interaction, incoming: IncomingMessage,
+                           command: str, args: str) -> None:
+        channel = interaction.channel
         private = command in PRIVATE_COMMANDS
         try:
             await interaction.response.defer(thinking=True, ephemeral=private)
         except discord.HTTPException as exc:
             log.warning("could not acknowledge /%s in time (%s)", command, exc)
             return
-        incoming = interaction_to_incoming(interaction, channel, command, args)
         mentions = safe_mentions(interaction.user.id)
 
         async def post(index: int, text: str) -> discord.Message:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import discord
@@ -26,19 +26,16 @@ class GatewayEvents(Protocol):
     def message_deleted(self, message_id: int) -> None: ...
 
 
-class GatewayClient(discord.Client):
-    """discord.Client wired to the adapter: events go to it, the command tree lives here."""
+class _Wiring:
+    """What both clients do: hand events to the adapter, skip unreadable ones."""
 
-    def __init__(self, adapter: GatewayEvents) -> None:
-        # A text-only bot: discord.py's "voice will NOT be supported" warnings are just noise.
-        for flag in ("warn_nacl", "warn_dave"):
-            setattr(discord.VoiceClient, flag, False)
-        intents = discord.Intents.default()
-        intents.message_content = True
-        super().__init__(intents=intents, allowed_mentions=safe_mentions())
+    adapter: GatewayEvents
+    tree: app_commands.CommandTree[Any]
+
+    def _wire(self, client: discord.Client, adapter: GatewayEvents) -> None:
         self.adapter = adapter
-        self.tree: app_commands.CommandTree[GatewayClient] = app_commands.CommandTree(self)
-        parsers = self._connection.parsers  # the same dict the gateway reads events through
+        self.tree = app_commands.CommandTree(client)
+        parsers = client._connection.parsers  # the same dict the gateway reads events through
         for event, parse in list(parsers.items()):
             parsers[event] = tolerant(event, parse)
 
@@ -58,6 +55,47 @@ class GatewayClient(discord.Client):
             self, payload: discord.RawBulkMessageDeleteEvent) -> None:
         for message_id in payload.message_ids:
             self.adapter.message_deleted(message_id)
+
+
+def _intents() -> discord.Intents:
+    # A text-only bot: discord.py's "voice will NOT be supported" warnings are just noise.
+    for flag in ("warn_nacl", "warn_dave"):
+        setattr(discord.VoiceClient, flag, False)
+    intents = discord.Intents.default()
+    intents.message_content = True
+    return intents
+
+
+class GatewayClient(_Wiring, discord.Client):
+    """discord.Client wired to the adapter: events go to it, the command tree lives here."""
+
+    def __init__(self, adapter: GatewayEvents) -> None:
+        super().__init__(intents=_intents(), allowed_mentions=safe_mentions())
+        self._wire(self, adapter)
+
+
+class ShardedGatewayClient(_Wiring, discord.AutoShardedClient):
+    """The same, running the shards `shard_ids` of `shard_count` in this process.
+
+    Discord sends a guild's events to shard ``(guild_id >> 22) % shard_count`` and every DM
+    to shard 0; discord.py routes each shard's events to the same handlers.
+    """
+
+    def __init__(self, adapter: GatewayEvents, *, shard_count: int,
+                 shard_ids: Sequence[int]) -> None:
+        super().__init__(intents=_intents(), allowed_mentions=safe_mentions(),
+                         shard_count=shard_count, shard_ids=list(shard_ids))
+        self._wire(self, adapter)
+
+
+def make_client(adapter: GatewayEvents, *, shard_count: int | None,
+                shard_ids: Sequence[int] | None) -> GatewayClient | ShardedGatewayClient:
+    """A sharded client when DISCORD_SHARD_COUNT is set, else the plain one (as before)."""
+    if shard_count is None:
+        return GatewayClient(adapter)
+    return ShardedGatewayClient(adapter, shard_count=shard_count,
+                                shard_ids=shard_ids if shard_ids is not None
+                                else range(shard_count))
 
 
 def tolerant(event: str, parse: Callable[[Any], None]) -> Callable[[Any], None]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 import discord
 from discord import app_commands
 
 from bot.core.commands import COMMANDS, MAX_SUMMARY_MESSAGES
-from bot.platforms.discord.gateway import GatewayClient
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +19,7 @@ RunCommand = Callable[[Interaction, str, str], Awaitable[None]]
 SummaryCount = app_commands.Range[int, 1, MAX_SUMMARY_MESSAGES]
 
 
-def register_commands(tree: app_commands.CommandTree[GatewayClient], run: RunCommand, *,
+def register_commands(tree: app_commands.CommandTree[Any], run: RunCommand, *,
                       summary_default: int, personas: Sequence[str]) -> None:
     """Declare the slash commands on `tree`; each runs the core command of the same name."""
     def describe(name: str) -> str:
@@ -90,7 +90,7 @@ def register_commands(tree: app_commands.CommandTree[GatewayClient], run: RunCom
     async def reindex(interaction: Interaction) -> None:
         await run(interaction, "reindex", "")
 
-async def sync_commands(tree: app_commands.CommandTree[GatewayClient], *, guild_id: str | None,
+async def sync_commands(tree: app_commands.CommandTree[Any], *, guild_id: str | None,
                         invite_url: str) -> None:
     """Register the slash commands: in DISCORD_GUILD_ID at once, else globally (slower)."""
     try:

@@ -65,6 +65,7 @@ from bot.platforms.slack.events import (
     shortcut_to_incoming,
     thread_of,
     to_incoming,
+    ts_order,
 )
 from bot.platforms.slack.format import markdown_to_mrkdwn, mentioned_user_ids
 from bot.platforms.slack.input_guards import SocketModeHandler
@@ -316,6 +317,16 @@ class SlackAdapter:
             return
         if self._already_seen(msg.key.channel_id, msg.message_id):
             return
+        # Claimed first, in the store every instance shares: a retry, the app_mention twin
+        # of a message event, or the same event sent to another instance is answered once.
+        seconds, micros = ts_order(msg.message_id)
+        async with self.core.claimed(msg.key, msg.message_id,
+                                     f"slack:{msg.key.channel_id}:{msg.message_id}",
+                                     order=seconds * 1_000_000 + micros) as mine:
+            if mine:
+                await self._handle_claimed(event, msg)
+
+    async def _handle_claimed(self, event: dict[str, Any], msg: IncomingMessage) -> None:
         thread = msg.key.thread_id
         in_bot_thread = msg.in_bot_thread or (
             thread is not None and (msg.key.channel_id, thread) in self.delivery.bot_threads)
@@ -323,10 +334,10 @@ class SlackAdapter:
                 or await self.threads.known(msg.key)):
             return  # a thread the bot is not part of: it is read in full if it gets mentioned
         ids = [msg.author_id, *mentioned_user_ids(str(event.get("text") or ""))]
-        msg = to_incoming(event, self.identity.user_id, names=await self.reader.names(ids))
-        if msg is None:
+        named = to_incoming(event, self.identity.user_id, names=await self.reader.names(ids))
+        if named is None:
             return
-        msg = dataclasses.replace(msg, in_bot_thread=in_bot_thread)
+        msg = dataclasses.replace(named, in_bot_thread=in_bot_thread)
         if thread is not None:
             await self.threads.backfill(msg.key, before=msg.message_id)
         top_level_mention = msg.addressed and not msg.is_direct
@@ -345,6 +356,16 @@ class SlackAdapter:
         ids = [str(command.get("user_id", "")),
                *mentioned_user_ids(str(command.get("text") or ""))]
         msg = command_to_incoming(command, names=await self.reader.names(ids))
+        trigger = str(command.get("trigger_id") or "")
+        if not trigger:
+            await self._run_command(msg, respond)
+            return
+        async with self.core.claimed(msg.key, msg.message_id,
+                                     f"slack:command:{trigger}") as mine:
+            if mine:
+                await self._run_command(msg, respond)
+
+    async def _run_command(self, msg: IncomingMessage, respond: AsyncRespond) -> None:
         if msg.command not in PUBLIC_COMMANDS:
             msg = await self.reader.with_admin(msg)
             reply = await self.core.handle(msg)
