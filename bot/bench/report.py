@@ -54,13 +54,22 @@ def rows(results: dict[str, Any]) -> list[Row]:
         out.append(("resident memory", f"peak {memory['serving']:.0f} MiB serving "
                     f"({memory.get('serving_now', 0):.0f} MiB after), "
                     f"{memory['overall']:.0f} MiB with the start-up test", "", ""))
+    modes = results.get("engine_modes")
+    if modes:
+        from bot.bench.engine_modes import report_rows
+
+        out.extend(report_rows(modes))
     return out
 
 
 def table(results: dict[str, Any]) -> str:
     """A plain-text table (Markdown-compatible) of `rows`."""
+    return format_table(rows(results))
+
+
+def format_table(body: list[Row]) -> str:
+    """(measurement, result, target, met) rows as a Markdown-compatible table."""
     header: Row = ("measurement", "result", "target", "met")
-    body = rows(results)
     widths = [max(len(r[i]) for r in [header, *body]) for i in range(4)]
 
     def line(row: Row) -> str:
