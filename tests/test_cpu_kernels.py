@@ -94,6 +94,16 @@ def test_a_compact_embedding_looks_up_close_to_the_fp32_table(kind: str) -> None
     assert relative_error(got, table[ids]) < 0.01
 
 
+def test_long_inputs_are_padded_to_few_row_counts() -> None:
+    from bot.engines.local.linear_kernels import _bucketed
+
+    counts = {_bucketed(torch.zeros(n, 2)).shape[0] for n in range(1, 4097)}
+    assert len(counts) <= 16 + 40
+    for n in (1, 16, 17, 100, 1025, 4096):
+        padded = _bucketed(torch.zeros(n, 2)).shape[0]
+        assert n <= padded <= max(n * 1.25, 32)
+
+
 def test_unknown_kernels_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown linear kernel"):
         CpuLinear(torch.randn(4, 4), None, "int3")
