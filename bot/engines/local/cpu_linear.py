@@ -55,6 +55,14 @@ def convert_linears(model: nn.Module, mode: str, choice: KernelChoice) -> Conver
     """
     if mode not in QUANTIZE_MODES:
         raise ValueError(f"unknown quantize mode {mode!r}")
+    result = _swap(model, mode, choice)
+    if result.layers:  # the replaced layers and their weights are unreferenced now
+        _own_memory(model)
+        release_freed_memory()
+    return result
+
+
+def _swap(model: nn.Module, mode: str, choice: KernelChoice) -> Conversion:
     linears = [(parent, name, child) for parent in model.modules()
                for name, child in parent.named_children() if isinstance(child, nn.Linear)]
     if not linears:
@@ -89,7 +97,6 @@ def convert_linears(model: nn.Module, mode: str, choice: KernelChoice) -> Conver
                 compact = CompactEmbedding(embedding.weight, kind)
                 _replace_module(model, embedding, compact)
                 result.embedding = kind
-    _own_memory(model)
     return result
 
 
@@ -115,10 +122,9 @@ def _replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
 def _own_memory(model: nn.Module) -> None:
     """Copy the tensors kept as loaded out of the weights file's memory map.
 
-    Weights loaded from safetensors live in a memory map of the file, whose pages stay
+    Weights loaded from safetensors may live in a memory map of the file, whose pages stay
     resident while any tensor in it does: once the plain weights that were converted are
-    gone, the rest are copied out (tied tensors stay tied) so the map and its pages go, and
-    the allocator is asked to hand freed memory back to the system.
+    gone, the rest are copied out (tied tensors stay tied) so the map and its pages can go.
     """
     copies: dict[tuple[int, tuple[int, ...], tuple[int, ...]], torch.Tensor] = {}
 
@@ -138,7 +144,6 @@ def _own_memory(model: nn.Module) -> None:
             for name, buffer in list(module.named_buffers(recurse=False)):
                 if buffer is not None:
                     setattr(module, name, own(buffer))
-    release_freed_memory()
 
 
 def release_freed_memory() -> None:
