@@ -70,6 +70,23 @@ def test_the_mkl_kernel_is_exactly_nn_linear_and_keeps_the_weight_itself() -> No
     assert layer.weight.data_ptr() == linear.weight.data_ptr()  # one copy, not two
 
 
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_a_dropped_layer_frees_its_weight_at_once(kernel: str) -> None:
+    """No reference cycle: the kernel timing's candidate layers (some sharing the loaded
+    weights) must go when dropped, not when the garbage collector next runs."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        layer = CpuLinear(torch.randn(8, 8), None, kernel)
+        gone = weakref.ref(layer)
+        del layer
+        assert gone() is None
+    finally:
+        gc.enable()
+
+
 @pytest.mark.skipif("int8" not in KERNELS, reason="no oneDNN int8 linear in this torch")
 def test_int8_rows_do_not_depend_on_the_rest_of_the_batch() -> None:
     torch.manual_seed(0)

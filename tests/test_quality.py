@@ -24,6 +24,7 @@ from bot.engines.local.quality import (
     relative_change,
     repeated_share,
 )
+from bot.engines.local.rendering import PromptRenderer
 
 pytestmark = pytest.mark.slow
 TEXT = Path(__file__).parent / "data" / "pride_and_prejudice_ch1-2.txt"
@@ -31,7 +32,7 @@ PROMPTS = ["Write a long story about a robot who learns to paint. Describe every
            "Explain how rain forms.", "Give me three tips for sleeping well.",
            "What is a good way to learn a language?"]
 LIMIT = {"off": 0.01, "bf16": 0.03, "int8": 0.03}
-REPLY_TOKENS = 64
+REPLY_TOKENS = 48
 
 Loaded = tuple[PreTrainedModel, PreTrainedTokenizerBase]
 
@@ -49,11 +50,10 @@ def load(cache_dir: Path) -> Loaded:
 
 
 def greedy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
+    renderer = PromptRenderer(tokenizer, "Assistant")
     replies = []
     for prompt in PROMPTS:
-        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
-                                            add_generation_prompt=True)
-        inputs = torch.tensor([list(ids["input_ids"] if isinstance(ids, dict) else ids)])
+        inputs = torch.tensor([renderer.encode([{"role": "user", "content": prompt}])])
         with torch.inference_mode():
             out = model.generate(  # type: ignore[operator]
                 input_ids=inputs, attention_mask=torch.ones_like(inputs), do_sample=False,

@@ -167,6 +167,8 @@ async def measure(variant: str, model_setting: str, cache_dir: Path, long_tokens
         encoded = [list(tokenizer(r, add_special_tokens=False)["input_ids"])
                    for r in [text, *replies]]
         out["degenerate_replies"] = sum(is_degenerate(ids) for ids in encoded)
+        out["degenerate"] = [r for r, ids in zip([text, *replies], encoded, strict=True)
+                             if is_degenerate(ids)]
     return out
 
 

@@ -34,7 +34,8 @@ TIMED_BYTES = 48 * 2**20
 """fp32 bytes of weights each candidate streams per timed pass (more than the CPU caches
 hold for one core), or all the layers of the shape when they are fewer."""
 PASSES = 3
-CACHE_VERSION = 1
+CACHE_VERSION = 2
+"""Raised when a kernel changes, so cached choices made with the old one are timed again."""
 _FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
           "amx_int8", "amx_tile")
 

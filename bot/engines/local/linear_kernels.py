@@ -95,11 +95,14 @@ class CpuLinear(nn.Module):
             self.zero = torch.zeros(self.out_features, dtype=torch.long)
             stored = _QPREPACK(q, None)
         self.register_buffer("weight", stored, persistent=False)
-        self._forward: Callable[[torch.Tensor], torch.Tensor] = getattr(self, "_" + kernel)
+        # The plain function, not a bound method: that would be a reference cycle, and a layer
+        # (with its weight) would then live until the cyclic garbage collector runs.
+        self._impl: Callable[[CpuLinear, torch.Tensor], torch.Tensor] = getattr(
+            CpuLinear, "_" + kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features)
-        out = self._forward(rows)
+        out = self._impl(self, rows)
         return out.reshape(*x.shape[:-1], self.out_features)
 
     def _mkl(self, rows: torch.Tensor) -> torch.Tensor:
@@ -118,11 +121,15 @@ class CpuLinear(nn.Module):
         return out if self.bias is None else out + self.bias
 
     def _int8(self, rows: torch.Tensor) -> torch.Tensor:
+        # As few tensor ops as possible: at one row each costs about as much as the matmul.
         count = rows.shape[0]
-        q, scale = quantize_rows(_bucketed(rows).float())
+        rows = _bucketed(rows)
+        peak = torch.linalg.vector_norm(rows, float("inf"), dim=1, keepdim=True).clamp_min_(
+            1e-12)
+        q = (rows * (127 / peak)).round_().to(torch.int8)
         out: torch.Tensor = _QLINEAR(q, 1.0, 0, self.weight, self.scale, self.zero, None, 1.0,
                                      0, torch.float32, "none", [], "")
-        out = (out * scale)[:count]
+        out = out[:count].mul_(peak[:count] / 127)  # each row's own scale, after the sum
         return out if self.bias is None else out + self.bias
 
     @property
