@@ -41,10 +41,6 @@ VARIANTS = ("plain", "off", "int8")
 GUARD_TEXT = Path(__file__).resolve().parents[2] / "tests" / "data" / (
     "pride_and_prejudice_ch1-2.txt")
 CONCURRENT = 8
-LIMITS = {"off": 0.01, "bf16": 0.03, "int8": 0.03}
-"""Largest relative drop in log-likelihood allowed (issue #13)."""
-TARGETS = {"rss_off_mib": 800, "rss_quantized_mib": 500, "single_ratio": 2.0,
-           "llamacpp_ratio": 0.8}
 
 
 class RssSampler:
@@ -228,50 +224,6 @@ def run_modes(args: argparse.Namespace,
                         "max_new_tokens": args.max_new_tokens, "concurrent": CONCURRENT}}
 
 
-def report_rows(modes: dict[str, Any]) -> list[tuple[str, str, str, str]]:
-    """Rows for `bot.bench.report.table`: (measurement, figure, target, met)."""
-    rows: list[tuple[str, str, str, str]] = []
-    variants = modes.get("variants", {})
-    names = {"plain": "plain model.generate", "off": "MODEL_QUANTIZE=off (default)"}
-    llamacpp = modes.get("llamacpp_concurrent_tok_s")
-    for variant, f in variants.items():
-        name = names.get(variant, f"MODEL_QUANTIZE={variant}")
-        quantized = variant not in ("plain", "off")
-        rss_target = TARGETS["rss_quantized_mib"] if quantized else TARGETS["rss_off_mib"]
-        rows.append((f"{name}: resident memory serving", f"{f['rss_serving_mib']:.0f} MiB "
-                     f"(peak {f['rss_peak_mib']:.0f})",
-                     "" if variant == "plain" else f"<= {rss_target} MiB",
-                     "" if variant == "plain" else
-                     ("yes" if f["rss_serving_mib"] <= rss_target else "NO")))
-        ratio = f.get("single_ratio", 0.0)
-        rows.append((f"{name}: 1 request", f"{f['single_tok_s']:.1f} tok/s ({ratio:.2f}x)",
-                     "" if variant == "plain" else ">= 2x plain",
-                     "" if variant == "plain" else
-                     ("yes" if ratio >= TARGETS["single_ratio"] else "NO")))
-        conc = f"{f['concurrent_tok_s']:.1f} tok/s aggregate"
-        target = met = ""
-        if llamacpp and variant != "plain":
-            share = f["concurrent_tok_s"] / llamacpp
-            conc += f" ({share:.2f}x llama.cpp)"
-            target, met = ">= 0.8x llama.cpp", "yes" if share >= 0.8 else "NO"
-        rows.append((f"{name}: {CONCURRENT} concurrent", conc, target, met))
-        if f.get("ll_change") is not None and variant != "plain":
-            limit = LIMITS.get(variant, 0.03)
-            plain_loops = variants["plain"].get("degenerate_replies") or 0
-            loops = f["degenerate_replies"] or 0
-            rows.append((f"{name}: log-likelihood vs fp32",
-                         f"{f['log_likelihood']:.4f} ({f['ll_change'] * 100:+.2f}% worse), "
-                         f"{loops} of {CONCURRENT + 1} replies degenerate "
-                         f"(plain fp32: {plain_loops})",
-                         f"<= {limit * 100:.0f}%, no more loops than plain",
-                         "yes" if f["ll_change"] <= limit and loops <= plain_loops else "NO"))
-        if variant == "off":
-            rows.append((f"{name}: same greedy story as plain",
-                         str(f["same_story_as_plain"]), "same",
-                         "yes" if f["same_story_as_plain"] else "NO"))
-    return rows
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = Settings()
     parser.add_argument("--model", default=defaults.model)
@@ -297,9 +249,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     modes = run_modes(args, lambda what: print(f"[{time.strftime('%H:%M:%S')}] {what}...",
                                                file=sys.stderr, flush=True))
-    from bot.bench.report import format_table
+    from bot.bench.report import engine_mode_rows, format_table
 
-    print(format_table(report_rows(modes)))
+    print(format_table(engine_mode_rows(modes)))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(modes, indent=2) + "\n")
     return 0
