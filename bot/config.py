@@ -22,7 +22,7 @@ DEFAULT_SYSTEM_PROMPT = (
     "Messages from people start with their name."
 )
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-QUANTIZE_MODES = ("off", "bf16", "int8")
+QUANTIZE_MODES = ("off", "bf16", "int8", "int8-all")
 """`MODEL_QUANTIZE`: the lowest precision the CPU engine's linear layers may get (issue #13)."""
 DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")

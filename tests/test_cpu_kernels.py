@@ -233,14 +233,15 @@ def test_a_tied_head_in_fp32_shares_the_embedding_table(tiny_model_dir: Path) ->
 
 
 @pytest.mark.skipif("int8" not in KERNELS, reason="no oneDNN int8 linear in this torch")
-def test_int8_mode_quantizes_the_layers_a_tied_head_and_its_embedding(tiny_model_dir: Path) -> None:
+def test_int8_all_mode_quantizes_the_layers_a_tied_head_and_its_embedding(
+        tiny_model_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, tie_word_embeddings=True)
     model.tie_weights()
     ids = torch.tensor([[5, 17, 42, 99, 7]])
     with torch.inference_mode():
         before = model(input_ids=ids).logits
     timer = FakeTimer({"int8": 1e-5, "bf16": 5e-5, "mkl": 1e-4, "onednn": 2e-4})
-    done = convert_linears(model, "int8", KernelChoice(None, timer=timer))
+    done = convert_linears(model, "int8-all", KernelChoice(None, timer=timer))
     assert done.kernels["head"] == "int8"
     assert done.embedding == "int8"
     assert set(done.kernels.values()) == {"int8"}
@@ -248,6 +249,16 @@ def test_int8_mode_quantizes_the_layers_a_tied_head_and_its_embedding(tiny_model
     with torch.inference_mode():
         after = model(input_ids=ids).logits
     assert relative_error(after, before) < 0.05
+
+
+@pytest.mark.skipif("int8" not in KERNELS, reason="no oneDNN int8 linear in this torch")
+def test_int8_mode_quantizes_the_head_first(tiny_model_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    timer = FakeTimer({"int8": 1e-5, "bf16": 5e-5, "mkl": 1e-4, "onednn": 2e-4})
+    done = convert_linears(model, "int8", KernelChoice(None, timer=timer))
+    assert done.kernels.pop("head") == "int8"
+    assert set(done.kernels.values()) == {"bf16"}  # the other layers: at most bf16
+    assert done.embedding == "int8"
 
 
 def test_bf16_mode_never_chooses_int8(tiny_model_dir: Path) -> None:

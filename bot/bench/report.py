@@ -60,7 +60,7 @@ def rows(results: dict[str, Any]) -> list[Row]:
     return out
 
 
-MODE_LIMITS = {"off": 0.01, "bf16": 0.03, "int8": 0.03}
+MODE_LIMITS = {"off": 0.01, "bf16": 0.03, "int8": 0.03, "int8-all": 0.03}
 """Largest relative drop in log-likelihood allowed per `MODEL_QUANTIZE` mode (issue #13)."""
 MODE_TARGETS = {"rss_off_mib": 800, "rss_quantized_mib": 500, "single_ratio": 2.0,
                 "llamacpp_ratio": 0.8}

@@ -5,11 +5,14 @@ gets the kernel `KernelChoice` timed fastest on this machine:
 
 * ``off``: fp32 (MKL or packed oneDNN), the same greedy text as plain `model.generate`.
 * ``bf16``: bf16 where it is faster than fp32 on this CPU.
-* ``int8``: int8 where that is faster, the output head (and with tied weights the input
-  embedding) included. Inputs are quantized per row: with one scale for all the rows of a
-  prefill (as `torch.ao` dynamic quantization does) the first token's huge activations
-  coarsened every other row, the text's log-likelihood dropped 4.2% and a greedy reply
-  looped; per row it drops 1.1% (the head alone: 0.2%), see docs/benchmarks.md.
+* ``int8``: additionally the output head (and with tied weights the input embedding) in
+  int8 where that is faster: the largest matrix, and the one that loses least by it (0.2% of
+  the guard text's log-likelihood); the other layers at most bf16.
+* ``int8-all``: int8 allowed in every layer. Inputs are quantized per row: with one scale
+  for all the rows of a prefill (as `torch.ao` dynamic quantization does) the first token's
+  huge activations coarsened every other row, the text lost 4.2% and a greedy reply looped;
+  per row it loses about 1%, but 2 of the benchmark's 9 greedy replies looped (plain fp32: 1),
+  see docs/benchmarks.md.
 
 With tied weights the embedding shares the head's storage: in fp32 the head keeps the
 plain weight (MKL), in bf16/int8 the embedding gets a compact table of its own.
@@ -31,12 +34,13 @@ from bot.engines.local.linear_kernels import FP32_KERNELS, CompactEmbedding, Cpu
 
 log = logging.getLogger(__name__)
 
-QUANTIZE_MODES = ("off", "bf16", "int8")
-_BODY = {"off": FP32_KERNELS, "bf16": ("bf16", *FP32_KERNELS),
-         "int8": ("int8", "bf16", *FP32_KERNELS)}
-_HEAD = {"off": FP32_KERNELS, "bf16": ("bf16", *FP32_KERNELS),
-         "int8": ("int8", "bf16", *FP32_KERNELS)}
-_TIED_HEAD = {"off": ("mkl",), "bf16": ("bf16", "mkl"), "int8": ("int8", "bf16", "mkl")}
+QUANTIZE_MODES = ("off", "bf16", "int8", "int8-all")
+_BF16 = ("bf16", *FP32_KERNELS)
+_INT8 = ("int8", *_BF16)
+_BODY = {"off": FP32_KERNELS, "bf16": _BF16, "int8": _BF16, "int8-all": _INT8}
+_HEAD = {"off": FP32_KERNELS, "bf16": _BF16, "int8": _INT8, "int8-all": _INT8}
+_TIED_HEAD = {"off": ("mkl",), "bf16": ("bf16", "mkl"), "int8": ("int8", "bf16", "mkl"),
+              "int8-all": ("int8", "bf16", "mkl")}
 """A tied head in fp32 must keep the plain weight, which the embedding reads too."""
 
 
@@ -94,7 +98,7 @@ def _swap(model: nn.Module, mode: str, choice: KernelChoice) -> Conversion:
             result.layers += 1
             result.weight_bytes += swapped.stored_bytes
         if embedding is not None and mode != "off":
-            kind = kernels["head"] if tied else mode
+            kind = kernels["head"] if tied else mode.removesuffix("-all")
             if kind in ("bf16", "int8"):
                 compact = CompactEmbedding(embedding.weight, kind)
                 _replace_module(model, embedding, compact)
