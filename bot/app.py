@@ -44,7 +44,8 @@ def hf_backend_factory(settings: Settings, source: ModelSource) -> Callable[[], 
         return load_backend(source, device=settings.device, dtype=settings.model_dtype,
                             cache_dir=str(settings.model_cache_dir), bot_name=settings.bot_name,
                             context_tokens=settings.context_tokens,
-                            prompt_cache_mb=settings.prompt_cache_mb)
+                            prompt_cache_mb=settings.prompt_cache_mb,
+                            quantize=settings.model_quantize)
 
     return make
 

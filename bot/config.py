@@ -23,6 +23,8 @@ DEFAULT_SYSTEM_PROMPT = (
     "Messages from people start with their name."
 )
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+QUANTIZE_MODES = ("off", "bf16", "int8", "int8-all")
+"""`MODEL_QUANTIZE`: the lowest precision the CPU engine's linear layers may get (issue #13)."""
 DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -35,6 +37,7 @@ class Settings:
     model_dtype: str = "auto"
     device: str = "auto"
     model_cache_dir: Path = Path("data/models")
+    model_quantize: str = "off"
     context_tokens: int = 2048
     max_new_tokens: int = 256
     temperature: float = 0.2
@@ -120,6 +123,7 @@ class Settings:
             model_dtype=reader.choice("MODEL_DTYPE", DTYPES, d.model_dtype),
             device=reader.choice("DEVICE", DEVICES, d.device),
             model_cache_dir=Path(reader.text("MODEL_CACHE_DIR", str(d.model_cache_dir))),
+            model_quantize=reader.choice("MODEL_QUANTIZE", QUANTIZE_MODES, d.model_quantize),
             context_tokens=reader.number("CONTEXT_TOKENS", int, d.context_tokens, low=256),
             max_new_tokens=reader.number("MAX_NEW_TOKENS", int, d.max_new_tokens, low=1,
                                          high=8192),

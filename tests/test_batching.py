@@ -386,32 +386,6 @@ def test_sampled_rows_follow_their_own_settings(tiny: HFBackend) -> None:
 # -- the pieces under the transformers batch ------------------------------------------
 
 
-def test_packed_linear_layers_compute_what_nn_linear_does(tiny_model_dir: Path) -> None:
-    from bot.engines.local.cpu_linear import PackedLinear, pack_linears
-
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(32, 48)
-    both, packed_only = PackedLinear(linear), PackedLinear(linear, keep_weight=False)
-    with torch.inference_mode():
-        for shape in [(1, 32), (1, 1, 32), (3, 32), (2, 5, 32), (40, 32), (70, 32), (3, 67, 32)]:
-            x = torch.randn(*shape)
-            assert torch.allclose(both(x), linear(x), atol=1e-5)
-            assert torch.allclose(packed_only(x), linear(x), atol=1e-5)
-        one = torch.randn(1, 32)
-        assert torch.equal(both(one), linear(one))  # a single row takes nn.Linear's kernel
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
-    ids = torch.tensor([[5, 17, 42, 99, 7]])
-    with torch.inference_mode():
-        before = model(input_ids=ids).logits
-        assert pack_linears(model) == 2 * 7 + 1  # 2 layers of 7, and the output head
-        after = model(input_ids=ids).logits
-    assert torch.allclose(before, after, atol=1e-4)
-    assert not any(isinstance(m, torch.nn.Linear) for m in model.modules())
-    doubles = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float64)
-    assert pack_linears(doubles) == 0  # fp32 only: left as it was
-
-
 def test_growing_layer_appends_in_place_across_its_room() -> None:
     from bot.engines.local.kv_cache import ROOM, GrowingLayer, with_room
 

@@ -29,6 +29,15 @@ def test_the_benchmark_runs_end_to_end_on_the_tiny_model(
     assert results["start"] == {"skipped": "the model is a folder, not a GGUF file"}
     assert results["peak_rss_mb"]["overall"] >= results["peak_rss_mb"]["serving"] > 0
     assert results["loop_delay_ms"]["samples"] > 0
+    modes = results["engine_modes"]["variants"]
+    assert set(modes) == {"plain", "off", "int8"}
+    assert modes["off"]["same_story_as_plain"] is True  # the default mode is exact
+    for figures in modes.values():
+        assert figures["rss_peak_mib"] >= figures["rss_serving_mib"] > 0
+        assert figures["single_tok_s"] > 0 and figures["concurrent_tok_s"] > 0
+        assert figures["log_likelihood"] < 0
+    assert modes["off"]["kernels"] and modes["plain"]["kernels"] is None
     table = capsys.readouterr().out
+    assert "MODEL_QUANTIZE=off (default): log-likelihood vs fp32" in table
     assert "| measurement" in table and "8 concurrent vs sequential" in table
     assert len(rows(results)) == len(table.splitlines()) - 2

@@ -16,7 +16,7 @@ from typing import Any
 import bot.engines.local.openmp  # noqa: F401 - as in the bot: before anything imports torch
 
 # isort: split
-from bot.bench import report
+from bot.bench import engine_modes, report
 from bot.bench.system import load_average, machine, peak_rss_mb, rss_mb
 from bot.config import Settings
 
@@ -50,6 +50,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                              "at 1 and 8 requests at once (bench-results/engines.json)")
     parser.add_argument("--server-threads", type=int, default=min(2, os.cpu_count() or 1),
                         help="llama.cpp threads for --engines (1 is faster on a busy machine)")
+    parser.add_argument("--skip-modes", action="store_true",
+                        help="skip the engine modes (MODEL_QUANTIZE) vs plain generate runs")
+    parser.add_argument("--modes", nargs="+", default=list(engine_modes.VARIANTS),
+                        help="engine variants to compare (plain, off, bf16, int8)")
     return parser.parse_args(argv)
 
 
@@ -102,6 +106,11 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         _progress("cold start (GGUF conversion) and warm start")
         results["start"] = await scenarios.start_times(source, settings)
     results["peak_rss_mb"]["overall"] = peak_rss_mb()
+    if not args.skip_modes:
+        results["engine_modes"] = engine_modes.run_modes(argparse.Namespace(
+            model=args.model, cache_dir=args.cache_dir, long_tokens=options["long_tokens"],
+            max_new_tokens=options["max_new_tokens"], variants=args.modes,
+            rounds=1 if quick else 2), _progress)
     results["load_average_end"] = load_average()
     return results
 

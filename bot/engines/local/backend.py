@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import bot.engines.local.openmp  # noqa: F401 - sets OpenMP's spin-wait before torch loads it
@@ -23,8 +24,9 @@ from transformers import (
 
 from bot.engines.contract import GenerationRequest, ModelInfo
 from bot.engines.local.batch import BatchStats, HFDecodeBatch, can_batch
-from bot.engines.local.cpu_linear import pack_linears as swap_linears
-from bot.engines.local.model_cache import load_pretrained
+from bot.engines.local.cpu_linear import convert_linears, describe
+from bot.engines.local.kernel_choice import KernelChoice
+from bot.engines.local.model_cache import kernel_cache_file, load_pretrained
 from bot.engines.local.model_source import ModelSource
 from bot.engines.local.prompt_cache import PromptCache
 from bot.engines.local.rendering import HFTokenCounter, PromptRenderer
@@ -64,17 +66,24 @@ class HFBackend:
 
     Args:
         prompt_cache_mb: memory for per-conversation prompt caches (0 turns them off).
-        pack_linears: on a CPU in fp32, swap the linear layers for prepacked oneDNN ones,
-            which multiply the few rows of a batched step much faster (`cpu_linear`).
+        quantize: on a CPU in fp32, the lowest precision a linear layer may get
+            (`MODEL_QUANTIZE`: ``off``, ``bf16``, ``int8``; see `cpu_linear`); None leaves
+            the model's `nn.Linear` layers as they are.
+        kernel_cache: the JSON file that caches which kernel is fastest per weight shape on
+            this machine (None: timed at every start).
     """
 
     def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *,
                  name: str, bot_name: str, context_tokens: int,
-                 prompt_cache_mb: float = 256, pack_linears: bool = True) -> None:
+                 prompt_cache_mb: float = 256, quantize: str | None = "off",
+                 kernel_cache: Path | None = None) -> None:
         model.eval()  # type: ignore[no-untyped-call]
-        if pack_linears:
-            packed = swap_linears(model)
-            log.debug("packed %d linear layers for oneDNN", packed)
+        self.conversion = None
+        if quantize is not None:
+            self.conversion = convert_linears(model, quantize, KernelChoice(kernel_cache))
+            if self.conversion.layers:
+                log.info("linear layers for MODEL_QUANTIZE=%s: %s", quantize,
+                         describe(self.conversion))
         self.model = model
         self.tokenizer = tokenizer
         self.renderer = PromptRenderer(tokenizer, bot_name)
@@ -154,11 +163,15 @@ def pick_dtype(setting: str, device: str) -> torch.dtype:
 
 
 def load_backend(source: ModelSource, *, device: str, dtype: str, cache_dir: str,
-                 bot_name: str, context_tokens: int, prompt_cache_mb: float = 256) -> HFBackend:
+                 bot_name: str, context_tokens: int, prompt_cache_mb: float = 256,
+                 quantize: str = "off") -> HFBackend:
     """Load the model and tokenizer for `source` and wrap them in a backend."""
     chosen_device = pick_device(device)
     chosen_dtype = pick_dtype(dtype, chosen_device)
+    if quantize != "off" and (chosen_device != "cpu" or chosen_dtype != torch.float32):
+        log.info("MODEL_QUANTIZE=%s applies to fp32 on the CPU only; ignored", quantize)
     model, tokenizer = load_pretrained(source, dtype=chosen_dtype, cache_dir=cache_dir)
     model.to(chosen_device)  # type: ignore[arg-type]
     return HFBackend(model, tokenizer, name=source.display_name, bot_name=bot_name,
-                     context_tokens=context_tokens, prompt_cache_mb=prompt_cache_mb)
+                     context_tokens=context_tokens, prompt_cache_mb=prompt_cache_mb,
+                     quantize=quantize, kernel_cache=kernel_cache_file(source, cache_dir))

@@ -1,123 +1,173 @@
-"""Prepacked oneDNN linear layers for CPU fp32 inference.
+"""Swap a CPU model's linear layers for `CpuLinear`s: one weight copy, the fastest kernel.
 
-Batched decoding multiplies a handful of rows (one per sequence) by each weight matrix. MKL,
-which `nn.Linear` uses on the CPU, handles 4-16 rows two to five times slower than one: on the
-bundled model, measured side by side, a step of 8 rows took 156 ms against 59 ms for one row.
-oneDNN with weights packed once for its kernels takes 78 ms for 8 rows, but 70 ms for one,
-since each call costs more to set up. So a layer keeps both: MKL for a single row and for long
-prefills, oneDNN for a few rows (with row counts bucketed, see `ROW_BUCKET`). The output head
-(the largest matrix) is faster on oneDNN either way and keeps only the packed copy. Keeping
-both doubles the memory of the other weights, so models whose linear weights exceed
-`KEEP_BOTH_LIMIT` keep only the packed copy. The swap is checked against `nn.Linear` on load
-and skipped where oneDNN is missing.
+`MODEL_QUANTIZE` sets the lowest precision a layer may get; within it each weight shape
+gets the kernel `KernelChoice` timed fastest on this machine:
+
+* ``off``: fp32 (MKL or packed oneDNN), the same greedy text as plain `model.generate`.
+* ``bf16``: bf16 where it is faster than fp32 on this CPU.
+* ``int8``: additionally the output head (and with tied weights the input embedding) in
+  int8 where that is faster: the largest matrix, and the one that loses least by it (0.2% of
+  the guard text's log-likelihood); the other layers at most bf16.
+* ``int8-all``: int8 allowed in every layer. Inputs are quantized per row: with one scale
+  for all the rows of a prefill (as `torch.ao` dynamic quantization does) the first token's
+  huge activations coarsened every other row, the text lost 4.2% and a greedy reply looped;
+  per row it loses about 1%, but 2 of the benchmark's 9 greedy replies looped (plain fp32: 1),
+  see docs/benchmarks.md.
+
+With tied weights the embedding shares the head's storage: in fp32 the head keeps the
+plain weight (MKL), in bf16/int8 the embedding gets a compact table of its own.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
-from typing import Any
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from bot.engines.local.kernel_choice import KernelChoice, shape_key
+from bot.engines.local.linear_kernels import FP32_KERNELS, CompactEmbedding, CpuLinear
 
 log = logging.getLogger(__name__)
 
-ROWS_HINT = 8
-"""The batch size oneDNN lays the weights out for (it still accepts any number of rows)."""
-ROW_BUCKET = 64
-"""Rows beyond which (prefills) oneDNN is not used, or used with the rows padded to a multiple
-of this: oneDNN builds, and caches up to 1024 of, a kernel for every distinct row count, each
-with memory of its own (about 0.6 MB per row count and weight shape here), and prompt lengths
-vary, so the process would grow by hundreds of MB until that cache is full."""
-EXACT_ROWS = 16
-"""Row counts oneDNN gets as they are (decoding steps of up to 16 sequences); from there up to
-`ROW_BUCKET` (short prefills) rows are padded to a multiple of this, so oneDNN only ever sees
-about 20 row counts per weight shape."""
-KEEP_BOTH_LIMIT = 2**30
-"""Bytes of linear weights up to which single rows still use the unpacked copy with MKL."""
+QUANTIZE_MODES = ("off", "bf16", "int8", "int8-all")
+_BF16 = ("bf16", *FP32_KERNELS)
+_INT8 = ("int8", *_BF16)
+_BODY = {"off": FP32_KERNELS, "bf16": _BF16, "int8": _BF16, "int8-all": _INT8}
+_HEAD = {"off": FP32_KERNELS, "bf16": _BF16, "int8": _INT8, "int8-all": _INT8}
+_TIED_HEAD = {"off": ("mkl",), "bf16": ("bf16", "mkl"), "int8": ("int8", "bf16", "mkl"),
+              "int8-all": ("int8", "bf16", "mkl")}
+"""A tied head in fp32 must keep the plain weight, which the embedding reads too."""
 
 
-def _find_linear() -> Any:
-    """oneDNN's linear op (the overload itself, which dispatches faster), if torch has it."""
-    try:
-        return torch.ops.mkldnn._linear_pointwise.default
-    except (AttributeError, RuntimeError):
-        return None
+@dataclass(slots=True)
+class Conversion:
+    """What `convert_linears` did: kernels per shape (the head under ``head``), bytes."""
+
+    kernels: dict[str, str] = field(default_factory=dict)
+    layers: int = 0
+    weight_bytes: int = 0
+    embedding: str = "fp32"
 
 
-_LINEAR = _find_linear()
+def convert_linears(model: nn.Module, mode: str, choice: KernelChoice) -> Conversion:
+    """Swap every `nn.Linear` of a CPU fp32 model for a `CpuLinear` chosen for `mode`.
 
-
-class PackedLinear(nn.Module):
-    """`nn.Linear` for inference only: oneDNN with a packed weight for several rows, and
-    (with `keep_weight`) MKL with the plain weight for one.
-
-    The packed weight cannot be moved to another device or dtype: pack last.
+    Nothing changes (an empty `Conversion`) on other devices or dtypes.
     """
-
-    def __init__(self, linear: nn.Linear, *, keep_weight: bool = True) -> None:
-        super().__init__()
-        self.in_features = linear.in_features
-        self.out_features = linear.out_features
-        weight = linear.weight.detach()
-        self.packed: torch.Tensor
-        self.register_buffer("packed", torch.ops.mkldnn._reorder_linear_weight(weight,
-                                                                               ROWS_HINT),
-                             persistent=False)
-        self.weight: torch.Tensor | None
-        self.register_buffer("weight", weight if keep_weight else None, persistent=False)
-        self.bias: torch.Tensor | None
-        bias = None if linear.bias is None else linear.bias.detach()
-        self.register_buffer("bias", bias, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features)
-        count = rows.shape[0]
-        out: torch.Tensor
-        if self.weight is not None and (count == 1 or count > ROW_BUCKET):
-            out = F.linear(rows, self.weight, self.bias)
-        else:
-            if count > EXACT_ROWS:
-                bucket = EXACT_ROWS if count <= ROW_BUCKET else ROW_BUCKET
-                rows = F.pad(rows, (0, 0, 0, -count % bucket))
-            out = _LINEAR(rows, self.packed, self.bias, "none", [], "")[:count]
-        return out.reshape(*x.shape[:-1], self.out_features)
+    if mode not in QUANTIZE_MODES:
+        raise ValueError(f"unknown quantize mode {mode!r}")
+    result = _swap(model, mode, choice)
+    if result.layers:  # the replaced layers and their weights are unreferenced now
+        _own_memory(model)
+        release_freed_memory()
+    return result
 
 
-def pack_linears(model: nn.Module) -> int:
-    """Swap every `nn.Linear` of a CPU fp32 model for a `PackedLinear`; returns how many.
-
-    Nothing changes (0) on other devices or dtypes, without oneDNN, or if a packed layer
-    does not reproduce `nn.Linear` on a test input.
-    """
+def _swap(model: nn.Module, mode: str, choice: KernelChoice) -> Conversion:
     linears = [(parent, name, child) for parent in model.modules()
                for name, child in parent.named_children() if isinstance(child, nn.Linear)]
-    if (not linears or _LINEAR is None
-            or not torch.backends.mkldnn.is_available()):  # type: ignore[no-untyped-call]
-        return 0
-    sample = linears[0][2]
-    if sample.weight.device.type != "cpu" or sample.weight.dtype != torch.float32:
-        return 0
-    try:
-        with torch.inference_mode():
-            probe = torch.randn(3, sample.in_features)
-            packed = PackedLinear(sample)
-            if not torch.allclose(packed(probe), sample(probe), rtol=1e-4, atol=1e-4):
-                raise ValueError("packed output differs from nn.Linear")
-    except Exception:
-        log.warning("oneDNN linear layers are unavailable; using nn.Linear", exc_info=True)
-        return 0
-    head = getattr(model, "get_output_embeddings", lambda: None)()
-    weight_bytes = sum(child.weight.nbytes for _, _, child in linears if child is not head)
-    keep = weight_bytes <= KEEP_BOTH_LIMIT
+    if not linears:
+        return Conversion()
+    sample = linears[0][2].weight
+    if sample.device.type != "cpu" or sample.dtype != torch.float32:
+        return Conversion()
+    head = _output_head(model)
+    embedding = _input_embedding(model)
+    tied = (head is not None and embedding is not None
+            and head.weight.data_ptr() == embedding.weight.data_ptr())
+    body: dict[str, list[torch.Tensor]] = {}
+    for _, _, child in linears:
+        if child is not head:
+            body.setdefault(shape_key(child.weight), []).append(child.weight.detach())
+    kernels = choice.choose(body, {shape: _BODY[mode] for shape in body})
+    if head is not None:
+        head_candidates = (_TIED_HEAD if tied else _HEAD)[mode]
+        kernels["head"] = choice.choose({"head": [head.weight.detach()]},
+                                        {"head": head_candidates})["head"]
+    result = Conversion(kernels=kernels)
     with torch.inference_mode():
         for parent, name, child in linears:
-            setattr(parent, name, PackedLinear(child, keep_weight=keep and child is not head))
-    if not keep:
-        with torch.no_grad():
-            # Weights loaded from safetensors live in a memory map of the file, which stays
-            # mapped (its pages resident) while any tensor in it does: copy the rest out.
-            for param in model.parameters():
-                param.data = param.data.clone()
-    return len(linears)
+            kernel = kernels["head" if child is head else shape_key(child.weight)]
+            swapped = CpuLinear(child.weight, child.bias, kernel)
+            setattr(parent, name, swapped)
+            result.layers += 1
+            result.weight_bytes += swapped.stored_bytes
+        if embedding is not None and mode != "off":
+            kind = kernels["head"] if tied else mode.removesuffix("-all")
+            if kind in ("bf16", "int8"):
+                compact = CompactEmbedding(embedding.weight, kind)
+                _replace_module(model, embedding, compact)
+                result.embedding = kind
+    return result
+
+
+def _output_head(model: nn.Module) -> nn.Linear | None:
+    getter = getattr(model, "get_output_embeddings", None)
+    head = getter() if getter is not None else None
+    return head if isinstance(head, nn.Linear) else None
+
+
+def _input_embedding(model: nn.Module) -> nn.Embedding | None:
+    getter = getattr(model, "get_input_embeddings", None)
+    embedding = getter() if getter is not None else None
+    return embedding if isinstance(embedding, nn.Embedding) else None
+
+
+def _replace_module(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if child is old:
+                setattr(parent, name, new)
+
+
+def _own_memory(model: nn.Module) -> None:
+    """Copy the tensors kept as loaded out of the weights file's memory map.
+
+    Weights loaded from safetensors may live in a memory map of the file, whose pages stay
+    resident while any tensor in it does: once the plain weights that were converted are
+    gone, the rest are copied out (tied tensors stay tied) so the map and its pages can go.
+    """
+    copies: dict[tuple[int, tuple[int, ...], tuple[int, ...]], torch.Tensor] = {}
+
+    def own(tensor: torch.Tensor) -> torch.Tensor:
+        key = (tensor.data_ptr(), tuple(tensor.shape), tuple(tensor.stride()))
+        if key not in copies:
+            copies[key] = tensor.detach().clone()
+        return copies[key]
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, CompactEmbedding) or (
+                    isinstance(module, CpuLinear) and module.kernel != "mkl"):
+                continue
+            for param in module.parameters(recurse=False):
+                param.data = own(param.data)
+            for name, buffer in list(module.named_buffers(recurse=False)):
+                if buffer is not None:
+                    setattr(module, name, own(buffer))
+
+
+def release_freed_memory() -> None:
+    """glibc keeps freed blocks for reuse; `malloc_trim` returns them (no-op elsewhere)."""
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return
+    try:
+        libc = ctypes.CDLL(name)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
+
+
+def describe(conversion: Conversion) -> str:
+    """One log line: kernels per shape and the bytes the linear weights take."""
+    kernels: Sequence[str] = [f"{shape} {kernel}" for shape, kernel
+                              in conversion.kernels.items()]
+    return (f"{conversion.layers} linear layers ({conversion.weight_bytes / 2**20:.0f} MiB): "
+            f"{', '.join(kernels)}; embedding {conversion.embedding}")

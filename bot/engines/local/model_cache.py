@@ -20,6 +20,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import __version__ as transformers_version
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
+from bot.engines.local.kernel_choice import cache_name
 from bot.engines.local.model_source import ModelSource
 from bot.errors import ModelLoadError
 
@@ -34,6 +35,14 @@ def cache_folder(source: ModelSource, cache_dir: str | Path) -> Path:
     key = f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{transformers_version}"
     digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     return Path(cache_dir) / f"{path.stem}-{digest}"
+
+
+def kernel_cache_file(source: ModelSource, cache_dir: str | Path) -> Path:
+    """Where the linear kernel choice for `source` is cached (`kernel_choice`): next to
+    the converted model, or for a folder or hub model in `cache_dir`."""
+    if source.kind == "gguf":
+        return cache_folder(source, cache_dir) / "kernels.json"
+    return Path(cache_dir) / cache_name(source.location)
 
 
 def load_pretrained(source: ModelSource, *, dtype: torch.dtype,
