@@ -38,6 +38,7 @@ class Settings:
     max_new_tokens: int = 256
     temperature: float = 0.2
     top_p: float = 0.9
+    repetition_penalty: float = 1.0
     max_queue: int = 16
     generation_timeout: float = 300.0
     max_batch_size: int = 16
@@ -117,6 +118,8 @@ class Settings:
                                          high=8192),
             temperature=temperature,
             top_p=reader.number("TOP_P", float, d.top_p, low=0.01, high=1.0),
+            repetition_penalty=reader.number("REPETITION_PENALTY", float,
+                                             d.repetition_penalty, low=1.0, high=2.0),
             max_queue=reader.number("MAX_QUEUE", int, d.max_queue, low=1, high=10_000),
             generation_timeout=reader.number("GENERATION_TIMEOUT", float,
                                              d.generation_timeout, low=1.0),
