@@ -24,6 +24,13 @@ from bot.core.commands import (
     QueueCallback,
     TranscriptFetcher,
 )
+from bot.core.grounding import (
+    ESCALATION_QUERY,
+    MIN_SUPPORT,
+    Evidence,
+    sources_drawn_on,
+    support,
+)
 from bot.core.personas import DEFAULT_PERSONA, Persona, load_personas
 from bot.core.prompting import build_chat_prompt, knowledge_block
 from bot.core.rate_limit import RateLimiter
@@ -49,6 +56,7 @@ TIMEOUT_MARK = "\n\n_(cut off: the answer took too long)_"
 SHUTDOWN_MARK = "\n\n_(cut off: the bot is restarting)_"
 SERVER_ERROR_MARK = "\n\n_(cut off: the model server stopped answering; please ask again)_"
 THINKING = "_thinking..._"
+UNKNOWN_REPLY = "I don't know: the documents I have don't answer that."
 RETRY_TEMPERATURE = 0.7
 """A reply that came out empty is tried once more, sampled at least this warm."""
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
@@ -247,12 +255,17 @@ class ConversationCore:
         system = self.system_prompt_for(channel, persona)
         context_tokens = self.worker.info.context_tokens
         reference, sources = "", list[str]()
-        if persona.use_knowledge and self.knowledge is not None:
+        grounded = persona.use_knowledge and self.knowledge is not None
+        evidence: list[Evidence] = []
+        if grounded and self.knowledge is not None:
             passages = await self.knowledge.search(
                 text, scope=persona.name, limit=self.settings.knowledge_passages)
             reference, sources = await asyncio.to_thread(
                 knowledge_block, self.worker.token_counter, passages,
                 (context_tokens - sampling.max_new_tokens) // 2)
+            evidence = [Evidence(p.path, f"{p.heading}\n{p.text}") for p in passages
+                        if p.path in sources]
+            on_progress = None  # an answer the passages may not back is never shown early
         author = (msg.key, msg.author_id)
         self._latest[author] = msg.message_id
         async with self._locks[msg.key]:
@@ -275,6 +288,8 @@ class ConversationCore:
                     await on_queued(ahead)
                 speakers = {t.author for t in turns if t.role == "user"} | {msg.author_name}
                 answer = await self._answer(request, pending, on_progress, speakers)
+                if grounded:
+                    answer, sources = await self._grounded(answer, text, evidence, persona)
             except asyncio.CancelledError:
                 task = asyncio.current_task()
                 handle = self._inflight.get(pending)
@@ -332,6 +347,23 @@ class ConversationCore:
         log.info("generated %d tokens in %.2f s (first after %s s), %s", tokens, total,
                  "-" if first is None else f"{first:.2f}", reason)
         return self._tidy(so_far, speakers), reason
+
+    async def _grounded(self, answer: str, question: str, evidence: list[Evidence],
+                        persona: Persona) -> tuple[str, list[str]]:
+        """The answer and the files it drew on, or, when the passages do not back it,
+        "I don't know" and who to ask (the knowledge base's escalation section)."""
+        score = support(answer, question, evidence)
+        if score >= MIN_SUPPORT:
+            return answer, sources_drawn_on(answer, question, evidence)
+        log.info("answer not backed by the passages (support %.2f); saying so", score)
+        request_outcome.set("unknown")
+        reply = (persona.unknown_reply or UNKNOWN_REPLY).replace(
+            "{bot_name}", self.settings.bot_name)
+        assert self.knowledge is not None
+        found = await self.knowledge.search(ESCALATION_QUERY, scope=persona.name, limit=1)
+        if not found:
+            return reply, []
+        return f"{reply}\n\n{found[0].text}", [found[0].path]
 
     def _tidy(self, text: str, speakers: set[str]) -> str:
         return tidy_reply(text, speakers=speakers, bot_name=self.settings.bot_name)

@@ -32,6 +32,9 @@ class Persona:
     top_p: float | None = None
     repetition_penalty: float | None = None
     use_knowledge: bool = False
+    unknown_reply: str | None = None
+    """With `use_knowledge`: what to say when the passages do not back the model's answer
+    (the knowledge base's "Escalation" section, if any, is added: who to ask)."""
 
 
 def load_personas(user_dir: Path | None = None) -> dict[str, Persona]:
@@ -63,6 +66,7 @@ def _read(path: Path) -> Persona:
             top_p=_optional(data, "top_p", float),
             repetition_penalty=_optional(data, "repetition_penalty", float),
             use_knowledge=bool(data.get("use_knowledge", False)),
+            unknown_reply=_optional(data, "unknown_reply", str),
         )
     except (OSError, tomllib.TOMLDecodeError, TypeError, ValueError) as exc:
         raise ConfigError("PERSONAS_DIR", f"valid persona files ({path.name}: {exc})") from None
