@@ -25,7 +25,8 @@ PARAGRAPH = ("Walking is also a great way to improve your mental health. It's a 
 
 def test_a_paragraph_three_times_in_a_row_is_a_loop_cut_after_the_first_copy() -> None:
     text = "Walking helps.\n\n" + PARAGRAPH * 3
-    assert loop_start(text) == len("Walking helps.\n\n" + PARAGRAPH)
+    start = loop_start(text)
+    assert start is not None and text[:start].count("mental health") == 1
     assert loop_start("Walking helps.\n\n" + PARAGRAPH * 2) is None  # twice may be meant
     assert trim_loop(text) == ("Walking helps.\n\n" + PARAGRAPH).rstrip()
 

@@ -23,46 +23,46 @@ _SENTENCE_END = frozenset("。！？")
 def loop_start(text: str) -> int | None:
     """Where the repeats of a loop at the end of `text` begin, or None if it does not loop.
 
-    ``text[:loop_start(text)]`` keeps everything up to and including the first copy of the
-    block. Only an exact repeat that ends at the end of `text` counts; streamed text is
-    checked as it grows, so the moment the third copy is complete it is found.
+    ``text[:loop_start(text)]`` keeps everything up to the end of the block's first copy.
+    The text may stop part-way through a copy (streamed text is checked as it grows, and a
+    reply budget runs out mid-sentence); of all the blocks that loop, the earliest cut wins.
     """
-    found = _loop(text)
-    return None if found is None else found[0]
-
-
-def _loop(text: str) -> tuple[int, int] | None:
-    """(where the second copy starts, the block's length) of a loop ending `text`."""
     n = len(text)
+    best: int | None = None
     for period in range(1, min(MAX_PERIOD_CHARS, n // MIN_COPIES) + 1):
-        unit = text[n - period:]
-        if not text.endswith(unit, 0, n - period):
+        span = (MIN_COPIES - 1) * period
+        if text[n - span:] != text[n - span - period:n - period]:
+            continue  # the last copies do not repeat with this period
+        run = _periodic_tail(text, period)  # characters equal to the one `period` before
+        if run + period < max(MIN_LOOP_CHARS, MIN_COPIES * period):
             continue
-        copies = 2
-        while (copies + 1) * period <= n and text.startswith(
-                unit, n - (copies + 1) * period):
-            copies += 1
-        if copies >= MIN_COPIES and copies * period >= MIN_LOOP_CHARS and unit.strip():
-            return n - (copies - 1) * period, period
-    return None
+        cut = n - run
+        if text[cut - period:cut].strip() and (best is None or cut < best):
+            best = cut
+    return best
+
+
+def _periodic_tail(text: str, period: int) -> int:
+    """The longest `run` with ``text[n-run:] == text[n-run-period:n-period]`` (binary
+    search: if a suffix repeats, so does every shorter one)."""
+    n = len(text)
+    low, high = 0, n - period
+    while low < high:
+        mid = (low + high + 1) // 2
+        if text[n - mid:] == text[n - mid - period:n - period]:
+            low = mid
+        else:
+            high = mid - 1
+    return low
 
 
 def trim_loop(text: str) -> str:
-    """`text` with a loop at its end cut after the first copy, also when the text stops
-    part-way through a copy (the reply budget ran out mid-sentence).
-
-    Every way of lining the copies up is tried and the earliest cut kept; the cut then moves
-    on to the end of the word or sentence it falls in, so the first copy ends whole.
-    """
-    best: tuple[int, int] | None = None
-    for end in range(len(text), max(0, len(text) - MAX_PERIOD_CHARS) - 1, -1):
-        found = _loop(text[:end])
-        if found is not None and (best is None or found[0] < best[0]):
-            best = found
-    if best is None:
+    """`text` with a loop at its end cut after the first copy of its block; the cut moves on
+    to the end of the word or sentence it falls in, so the first copy ends whole."""
+    cut = loop_start(text)
+    if cut is None:
         return text
-    cut, period = best
-    limit = min(len(text), cut + period)
+    limit = min(len(text), cut + MAX_PERIOD_CHARS)
     while (cut < limit and not text[cut].isspace() and not text[cut - 1].isspace()
            and text[cut - 1] not in _SENTENCE_END):
         cut += 1
