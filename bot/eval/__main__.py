@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -19,9 +20,10 @@ from dotenv import load_dotenv
 import bot.engines.local.openmp  # noqa: F401 - as in the bot: before anything imports torch
 
 # isort: split
-from bot.app import hf_backend_factory
+from bot.app import hf_backend_factory, remote_engine
 from bot.config import Settings
 from bot.engines.local.model_source import resolve_model
+from bot.engines.service import ManagedEngine
 from bot.engines.worker import ModelWorker
 from bot.errors import ConfigError
 from bot.eval.report import table
@@ -42,17 +44,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def engine_for(settings: Settings) -> ManagedEngine:
+    """The engine the bot would use: the inference server at LLM_BASE_URL, else MODEL
+    in-process (its queue made roomy: the evaluation submits whole sets at once)."""
+    if settings.llm_base_url:
+        return remote_engine(dataclasses.replace(settings, max_queue=10_000))
+    return ModelWorker(hf_backend_factory(settings, resolve_model(settings.model)),
+                       max_pending=10_000, timeout=settings.generation_timeout,
+                       max_batch_size=settings.max_batch_size,
+                       batch_token_budget=settings.batch_token_budget)
+
+
 async def run(settings: Settings, options: Options) -> dict[str, object]:
-    source = resolve_model(settings.model)
-    worker = ModelWorker(hf_backend_factory(settings, source), max_pending=10_000,
-                         timeout=settings.generation_timeout,
-                         max_batch_size=settings.max_batch_size,
-                         batch_token_budget=settings.batch_token_budget)
+    worker = engine_for(settings)
     started = time.monotonic()
     async with worker:
         results = await evaluate(worker, settings, options)
     report = results.to_json()
     report["seconds"] = round(time.monotonic() - started, 1)
+    report["engine"] = f"server {settings.llm_base_url}" if settings.llm_base_url else "in-process"
     report["settings"] = {"system_prompt": settings.system_prompt,
                           "repetition_penalty": settings.repetition_penalty}
     return report

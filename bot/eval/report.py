@@ -25,7 +25,8 @@ def table(report: dict[str, Any]) -> str:
     """A Markdown table: one row per score, a column each for the bot, the same model
     prompted plainly, and (summaries) the first-messages baseline."""
     scores: dict[str, dict[str, float]] = report["scores"]
-    lines = [f"Model: {report['model']} ({report.get('seconds', '?')} s)", "",
+    lines = [f"Model: {report['model']}, {report.get('engine', 'in-process')} engine "
+             f"({report.get('seconds', '?')} s)", "",
              "| set | score | items | bot | plain prompt | first messages |",
              "|---|---|---|---|---|---|"]
     for name, key, label in ROWS:
