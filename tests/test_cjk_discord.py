@@ -27,11 +27,14 @@ from tests.test_discord_adapter import (
 )
 
 JAPANESE = "ロボットは毎日絵を描く練習をして、色や形を少しずつ覚えました！"
+THINGS, COLOURS = "山水花鸟虫鱼云月", "红橙黄绿青蓝紫白"
+KANA = "あかさたなはまや"
 
 
 def story(count: int) -> str:
     """`count` different Chinese sentences (a repeated one would be stopped as a loop)."""
-    return "".join(f"第{i:03d}天，机器人学习画画，它观察颜色、形状和光线。" for i in range(count))
+    return "".join(f"第{i:03d}天，机器人画了{THINGS[i % 8]}，用的是{COLOURS[i // 8 % 8]}色。"
+                   for i in range(count))
 
 
 @pytest.fixture
@@ -42,7 +45,7 @@ async def fake() -> AsyncIterator[FakeDiscord]:
 
 async def test_a_long_chinese_answer_is_split_at_sentence_ends_under_2000_chars(
         fake: FakeDiscord, settings: Settings, history: HistoryStore) -> None:
-    answer = story(200)  # 5,200 characters without a single space or newline
+    answer = story(300)  # 5,100 characters without a single space or newline
     pieces = [answer[i:i + 97] for i in range(0, len(answer), 97)]
     async with make_core(ScriptedBackend(pieces), settings, history) as core, \
             serving(fake, core, settings) as adapter:
@@ -62,7 +65,8 @@ async def test_a_long_chinese_answer_is_split_at_sentence_ends_under_2000_chars(
 
 async def test_japanese_without_sentence_ends_is_split_at_commas(
         fake: FakeDiscord, settings: Settings, history: HistoryStore) -> None:
-    answer = "".join(f"ロボットは{i}番目の色と形を覚えて、" for i in range(250))  # no 。
+    answer = "".join(f"ロボットは{i}番目に{KANA[i % 8]}{KANA[i // 8 % 8]}を覚えて、"
+                     for i in range(250))  # no 。
     async with make_core(ScriptedBackend([answer]), settings, history) as core, \
             serving(fake, core, settings) as adapter:
         await mention(fake, JAPANESE)

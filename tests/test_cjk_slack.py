@@ -43,13 +43,13 @@ def slack_settings(settings: Settings) -> Settings:
 
 def story(count: int) -> str:
     """`count` different Japanese sentences (a repeated one would be stopped as a loop)."""
-    return "".join(f"ロボットは{i}日目に絵を描く練習をして、色や形を覚えました。"
-                   for i in range(count))
+    return "".join(f"ロボットは{i}日目に{'山川花鳥虫魚雲月'[i % 8]}を"
+                   f"{'赤青黄緑白黒紫橙'[i // 8 % 8]}色で描きました。" for i in range(count))
 
 
 async def test_a_long_japanese_answer_becomes_mrkdwn_parts_cut_at_sentence_ends(
         slack_settings: Settings, history: HistoryStore, fake: FakeSlack) -> None:
-    answer = "**ロボットの物語**\n\n" + story(300)  # ~9,300 characters, one paragraph
+    answer = "**ロボットの物語**\n\n" + story(500)  # ~10,000 characters, one paragraph
     async with core_with(ScriptedBackend(answer), history, slack_settings) as core, \
             running(core, slack_settings, fake):
         asked = await fake.send_app_mention(CHANNEL, ALICE, "ロボットの長い物語を書いてください。")

@@ -15,8 +15,10 @@ from bot.platforms.slack.format import markdown_to_mrkdwn
 from bot.types import Prompt, Turn
 from tests.tiny_model import build_tokenizer
 
-CHINESE = "".join(f"第{i}天，机器人学习画画，它观察颜色、形状和光线。" for i in range(40))
-JAPANESE = "".join(f"ロボットは{i}日目に絵を描いて、色を覚えました！" for i in range(40))
+CHINESE = "".join(f"第{i}天，机器人画了{'山水花鸟虫鱼云月'[i % 8]}，它观察颜色、形状和光线。"
+                  for i in range(40))
+JAPANESE = "".join(f"ロボットは{i}日目に{'山川花鳥虫魚雲月'[i % 8]}を描いて、色を覚えました！"
+                   for i in range(40))
 
 
 @pytest.fixture(scope="module")

@@ -42,10 +42,19 @@ def test_chinese_and_japanese_loops_are_found_without_word_boundaries() -> None:
     assert trim_loop("歩くのは体にいいです。" * 8) == "歩くのは体にいいです。"
 
 
+def test_list_items_repeated_under_new_numbers_are_a_loop() -> None:
+    items = "".join(f"{i}. Learn a new language every 2-3 years.\n" for i in range(10, 20))
+    assert trim_loop("Tips:\n" + items) == "Tips:\n10. Learn a new language every 2-3 years."
+
+
 @pytest.mark.parametrize("text", [
     "ha ha ha ha",
     "| a | b |\n| --- | --- |\n| 1 | 2 |",
     "1. Walk daily.\n2. Walk daily with a friend.\n3. Walk daily in a park.",
+    "1. Walk.\n2. Run.\n3. Swim.\n4. Cycle.\n5. Row.\n6. Climb.\n7. Skate.\n8. Ski.",
+    ", ".join(f"2024-{m:02d}-01" for m in range(1, 13)),
+    ", ".join(str(i) for i in range(1, 101)),
+    "=" * 80,
     "The the the.",
     "",
     "Paris is the capital of France.",

@@ -14,8 +14,13 @@ MIN_COPIES = 3
 """A block must appear this many times in a row to count as a loop."""
 MIN_LOOP_CHARS = 60
 """...and the copies together must be this long, so "ha ha ha" or a table rule is no loop."""
+MIN_LETTERS = 3
+"""...and the block must hold words: counting "1, 2, 3, ..." or a list of dates is no loop."""
 MAX_PERIOD_CHARS = 800
 """Longest block looked for (a paragraph); longer loops are left to the reply budget."""
+_DIGITS = str.maketrans("123456789", "000000000")
+"""Digits count as equal (the text keeps its length, so a cut is still a cut in it): a
+numbered list that repeats its items under new numbers is a loop too."""
 _SENTENCE_END = frozenset("。！？")
 """Where Chinese and Japanese text, which has no spaces, may be cut."""
 
@@ -26,7 +31,9 @@ def loop_start(text: str) -> int | None:
     ``text[:loop_start(text)]`` keeps everything up to the end of the block's first copy.
     The text may stop part-way through a copy (streamed text is checked as it grows, and a
     reply budget runs out mid-sentence); of all the blocks that loop, the earliest cut wins.
+    Digits are not told apart, so list items repeated under new numbers loop too.
     """
+    text = text.translate(_DIGITS)  # "8. Walk daily." repeats "9. Walk daily."
     n = len(text)
     best: int | None = None
     for period in range(1, min(MAX_PERIOD_CHARS, n // MIN_COPIES) + 1):
@@ -37,7 +44,8 @@ def loop_start(text: str) -> int | None:
         if run + period < max(MIN_LOOP_CHARS, MIN_COPIES * period):
             continue
         cut = n - run
-        if text[cut - period:cut].strip() and (best is None or cut < best):
+        letters = sum(ch.isalpha() for ch in text[cut - period:cut])
+        if letters >= MIN_LETTERS and (best is None or cut < best):
             best = cut
     return best
 
