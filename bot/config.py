@@ -17,10 +17,11 @@ from bot.errors import ConfigError
 T = TypeVar("T")
 
 DEFAULT_SYSTEM_PROMPT = (
-    "You are {bot_name}, a helpful assistant in a group chat. "
-    "Answer the latest message briefly and accurately. "
-    "Messages from people start with their name."
+    "You are a helpful AI assistant named {bot_name}. "
+    "Reply in the language of the user's message."
 )
+"""Short, in the wording small instruct models were trained on (docs/quality.md); where
+several people talk, the core adds that each of their messages starts with a name."""
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
