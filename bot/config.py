@@ -39,7 +39,7 @@ class Settings:
     max_new_tokens: int = 256
     temperature: float = 0.2
     top_p: float = 0.9
-    repetition_penalty: float = 1.0
+    repetition_penalty: float = 1.05
     max_queue: int = 16
     generation_timeout: float = 300.0
     max_batch_size: int = 16

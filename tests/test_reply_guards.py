@@ -27,7 +27,12 @@ def test_a_paragraph_three_times_in_a_row_is_a_loop_cut_after_the_first_copy() -
     text = "Walking helps.\n\n" + PARAGRAPH * 3
     start = loop_start(text)
     assert start is not None and text[:start].count("mental health") == 1
-    assert loop_start("Walking helps.\n\n" + PARAGRAPH * 2) is None  # twice may be meant
+    assert loop_start("Walking helps.\n\n" + PARAGRAPH * 2) is None  # a short one twice: fine
+    long = ("The gears in the rear wheel are connected to the rear axle, which is connected "
+            "to the rear wheel. The rear wheel is connected to the rear axle, and the rear "
+            "axle is connected to the front axle.\n\n")
+    assert len(long) >= 160  # a paragraph twice in a row is already a loop
+    assert trim_loop("Intro.\n\n" + long * 2 + long[:50]) == ("Intro.\n\n" + long).rstrip()
     assert trim_loop(text) == ("Walking helps.\n\n" + PARAGRAPH).rstrip()
 
 

@@ -3,8 +3,8 @@
 Small models under greedy or low-temperature decoding often fall into a loop: one sentence
 or paragraph again and again until the reply budget runs out. A repetition penalty in
 sampling makes that rarer; this check catches what is left, on any engine, by looking only
-at the text: when the end of the reply is the same block of characters three times in a row,
-the reply is cut after the first copy. It works on characters, not words, so it needs no
+at the text: when the end of the reply is the same block of characters three times in a row
+(twice for a paragraph), the reply is cut after the first copy. It works on characters, not words, so it needs no
 word boundaries (Chinese and Japanese have none).
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 MIN_COPIES = 3
 """A block must appear this many times in a row to count as a loop."""
+LONG_BLOCK_CHARS = 160
+"""A block this long (a paragraph) is a loop already when it comes twice in a row."""
 MIN_LOOP_CHARS = 60
 """...and the copies together must be this long, so "ha ha ha" or a table rule is no loop."""
 MIN_LETTERS = 3
@@ -36,12 +38,15 @@ def loop_start(text: str) -> int | None:
     text = text.translate(_DIGITS)  # "8. Walk daily." repeats "9. Walk daily."
     n = len(text)
     best: int | None = None
-    for period in range(1, min(MAX_PERIOD_CHARS, n // MIN_COPIES) + 1):
-        span = (MIN_COPIES - 1) * period
+    for period in range(1, min(MAX_PERIOD_CHARS, n // 2) + 1):
+        copies = 2 if period >= LONG_BLOCK_CHARS else MIN_COPIES
+        if copies * period > n:
+            continue
+        span = (copies - 1) * period
         if text[n - span:] != text[n - span - period:n - period]:
             continue  # the last copies do not repeat with this period
         run = _periodic_tail(text, period)  # characters equal to the one `period` before
-        if run + period < max(MIN_LOOP_CHARS, MIN_COPIES * period):
+        if run + period < max(MIN_LOOP_CHARS, copies * period):
             continue
         cut = n - run
         letters = sum(ch.isalpha() for ch in text[cut - period:cut])
