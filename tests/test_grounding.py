@@ -34,6 +34,7 @@ def test_an_answer_is_backed_when_its_new_words_are_in_the_passages() -> None:
     assert support("The warranty on the feeder is 3 years.", question, [FAQ]) == 1.0
     assert support("The feeder is blue.", "What colour is the feeder?", [FAQ]) == 0.0
     assert support("The warranty on the feeder.", question, [FAQ]) == 0.0  # adds nothing
+    assert support("The warranty covers the camera for 5 years.", question, [FAQ]) == 0.0
     other = Evidence("app.md", "The app runs on Android 11 or newer.")
     assert sources_drawn_on("It is 3 years.", question, [other, FAQ]) == ["faq.md"]
 

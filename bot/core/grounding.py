@@ -61,7 +61,8 @@ def _singular(word: str) -> str:
 def support(answer: str, question: str, passages: Iterable[Evidence]) -> float:
     """Share of the words the answer adds to the question that the passages contain.
 
-    An answer that adds nothing (it only restates the question) has no support.
+    An answer that adds nothing (it only restates the question) has no support, and neither
+    has one with a number that is not in the passages (the facts that matter most).
     """
     new = words(answer) - words(question)
     if not new:
@@ -69,6 +70,8 @@ def support(answer: str, question: str, passages: Iterable[Evidence]) -> float:
     known: set[str] = set()
     for passage in passages:
         known |= words(passage.text)
+    if any(word.isdigit() and word not in known for word in new):
+        return 0.0  # a number the passages do not hold is made up, however fluent the rest
     return len(new & known) / len(new)
 
 

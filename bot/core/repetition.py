@@ -4,8 +4,8 @@ Small models under greedy or low-temperature decoding often fall into a loop: on
 or paragraph again and again until the reply budget runs out. A repetition penalty in
 sampling makes that rarer; this check catches what is left, on any engine, by looking only
 at the text: when the end of the reply is the same block of characters three times in a row
-(twice for a paragraph), the reply is cut after the first copy. It works on characters, not words, so it needs no
-word boundaries (Chinese and Japanese have none).
+(twice for a paragraph), the reply is cut after the first copy. It works on characters, not
+words, so it needs no word boundaries (Chinese and Japanese have none).
 """
 
 from __future__ import annotations
