@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from bot.config import Settings
 from bot.core.conversation import ConversationCore
 from bot.core.personas import load_personas
+from bot.core.prompting import knowledge_block
 from bot.engines.contract import GenerationRequest, SamplingParams
 from bot.engines.service import GenerationService
 from bot.eval import scoring
@@ -186,19 +187,31 @@ class Evaluation:
             bot = await bounded((self.ask(core, item["q"], key)
                                  for item, key in zip(items, keys, strict=True)),
                                 self.options.concurrency)
-        answered = [(r, i) for r, i in zip(bot, items, strict=True) if i["answered"]]
-        unanswered = [(r, i) for r, i in zip(bot, items, strict=True) if not i["answered"]]
-        self._record("knowledge", {
-            "answered_right_bot": sum(scoring.contains(r, i["a"]) and not scoring.says_unknown(r)
-                                  for r, i in answered) / max(1, len(answered)),
-            "answered_said_unknown_bot": sum(scoring.says_unknown(r)
-                                         for r, _ in answered) / max(1, len(answered)),
-            "unanswered_said_unknown_bot": sum(scoring.says_unknown(r)
-                                           for r, _ in unanswered) / max(1, len(unanswered)),
-            "degenerate_bot": sum(scoring.degenerate(r, [ASKER]) for r in bot) / len(bot),
-            "items": len(items),
-        }, [{"q": i["q"], "answered": i["answered"], "bot": b}
-            for i, b in zip(items, bot, strict=True)])
+
+            async def plain(question: str) -> str:  # the passages and the question alone
+                passages = await knowledge.search(question, scope="support",
+                                                  limit=self.settings.knowledge_passages)
+                block, _ = knowledge_block(self.worker.token_counter, passages, 1024)
+                return await self.plain(f"{block}\n\n{question}", FACT_TOKENS * 2)
+
+            baseline = await bounded((plain(item["q"]) for item in items),
+                                     self.options.concurrency)
+        scores: dict[str, float] = {"items": len(items)}
+        for column, replies in (("bot", bot), ("plain", baseline)):
+            answered = [(r, i) for r, i in zip(replies, items, strict=True) if i["answered"]]
+            unanswered = [r for r, i in zip(replies, items, strict=True) if not i["answered"]]
+            scores[f"answered_right_{column}"] = sum(
+                scoring.contains(r, i["a"]) and not scoring.says_unknown(r)
+                for r, i in answered) / max(1, len(answered))
+            scores[f"answered_said_unknown_{column}"] = sum(
+                scoring.says_unknown(r) for r, _ in answered) / max(1, len(answered))
+            scores[f"unanswered_said_unknown_{column}"] = sum(
+                scoring.says_unknown(r) for r in unanswered) / max(1, len(unanswered))
+            scores[f"degenerate_{column}"] = sum(
+                scoring.degenerate(r, [ASKER]) for r in replies) / len(replies)
+        self._record("knowledge", scores, [
+            {"q": i["q"], "answered": i["answered"], "bot": b, "plain": p}
+            for i, b, p in zip(items, bot, baseline, strict=True)])
 
     async def _summaries(self, history: HistoryStore) -> None:
         items = load("summaries.json", self.options.limit)
