@@ -388,7 +388,7 @@ async def test_unreachable_at_start_then_reconnects_by_itself(
             await server.wait_for(lambda: engine.running, message="never reconnected")
             assert ops.health()[0] == 200 and engine.info.name == "fake-model"
             again = await core.handle(message("now?", message_id="m2"))
-            assert again is not None and again.text == "Echo: anyone there?"
+            assert again is not None and again.text == "Echo: anyone there?\nnow?"
             assert server.requests[-1]["messages"][-1]["content"] == \
                 "anyone there?\nnow?"  # the first question was kept
             await server.stop()  # the server goes away again mid-life
