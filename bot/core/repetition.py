@@ -12,6 +12,8 @@ from __future__ import annotations
 
 MIN_COPIES = 3
 """A block must appear this many times in a row to count as a loop."""
+NUMBERED_BLOCK_CHARS = 24
+"""Blocks at least this long are compared with their digits made equal."""
 LONG_BLOCK_CHARS = 160
 """A block this long (a paragraph) is a loop already when it comes twice in a row."""
 MIN_LOOP_CHARS = 60
@@ -33,24 +35,31 @@ def loop_start(text: str) -> int | None:
     ``text[:loop_start(text)]`` keeps everything up to the end of the block's first copy.
     The text may stop part-way through a copy (streamed text is checked as it grows, and a
     reply budget runs out mid-sentence); of all the blocks that loop, the earliest cut wins.
-    Digits are not told apart, so list items repeated under new numbers loop too.
+    In blocks of a line or more, digits are not told apart, so list items repeated under new
+    numbers loop too; short ones ("w1 w2 w3", "Step 1, Step 2") must repeat exactly.
     """
-    text = text.translate(_DIGITS)  # "8. Walk daily." repeats "9. Walk daily."
+    numbered = text.translate(_DIGITS)  # "8. Walk daily." repeats "9. Walk daily."
     n = len(text)
     best: int | None = None
+    wordless: list[int] = []  # blocks without words: their multiples are no loop either
     for period in range(1, min(MAX_PERIOD_CHARS, n // 2) + 1):
         copies = 2 if period >= LONG_BLOCK_CHARS else MIN_COPIES
-        if copies * period > n:
+        if copies * period > n or any(period % w == 0 for w in wordless):
             continue
+        view = numbered if period >= NUMBERED_BLOCK_CHARS else text
         span = (copies - 1) * period
-        if text[n - span:] != text[n - span - period:n - period]:
+        if view[n - span:] != view[n - span - period:n - period]:
             continue  # the last copies do not repeat with this period
-        run = _periodic_tail(text, period)  # characters equal to the one `period` before
-        if run + period < max(MIN_LOOP_CHARS, copies * period):
+        cut = n - _periodic_tail(view, period)  # where the first copy ends
+        block = view[cut - period:cut]
+        if view is numbered and block in (block + block)[1:-1]:
+            continue  # itself a shorter block again and again ("w00 w00 "): not a line
+        if sum(ch.isalpha() for ch in block) < MIN_LETTERS:
+            wordless.append(period)
             continue
-        cut = n - run
-        letters = sum(ch.isalpha() for ch in text[cut - period:cut])
-        if letters >= MIN_LETTERS and (best is None or cut < best):
+        if n - cut + period < max(MIN_LOOP_CHARS, copies * period):
+            continue
+        if best is None or cut < best:
             best = cut
     return best
 
