@@ -47,6 +47,14 @@ def test_chinese_and_japanese_loops_are_found_without_word_boundaries() -> None:
     assert trim_loop("歩くのは体にいいです。" * 8) == "歩くのは体にいいです。"
 
 
+def test_a_line_coming_back_a_third_time_with_others_between_is_a_loop() -> None:
+    poem = ("In the depths of the ocean,\nAbe a story of love and loss,\nIn a sea of gold,\n"
+            "Abe a story of love and loss,\nThe sea is a mirror,\n")
+    assert trim_loop(poem + "Abe a story of love and loss,\nIn a sea") == poem.rstrip()
+    assert loop_start(poem) is None
+    assert loop_start(poem + "Abe a story of lo") is None  # not yet complete
+
+
 def test_list_items_repeated_under_new_numbers_are_a_loop() -> None:
     items = "".join(f"{i}. Learn a new language every 2-3 years.\n" for i in range(10, 20))
     assert trim_loop("Tips:\n" + items) == "Tips:\n10. Learn a new language every 2-3 years."
@@ -63,6 +71,7 @@ def test_list_items_repeated_under_new_numbers_are_a_loop() -> None:
     " ".join(f"word{i}" for i in range(200)),
     ", ".join(f"Room {i}" for i in range(100, 130)),
     "=" * 80,
+    "```python\n" + "print('hello, world, again')\n" * 3 + "```\nThat prints it three times.",
     "The the the.",
     "",
     "Paris is the capital of France.",

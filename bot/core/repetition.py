@@ -4,11 +4,14 @@ Small models under greedy or low-temperature decoding often fall into a loop: on
 or paragraph again and again until the reply budget runs out. A repetition penalty in
 sampling makes that rarer; this check catches what is left, on any engine, by looking only
 at the text: when the end of the reply is the same block of characters three times in a row
-(twice for a paragraph), the reply is cut after the first copy. It works on characters, not
-words, so it needs no word boundaries (Chinese and Japanese have none).
+(twice for a paragraph), or when a sentence or line comes back a third time, the reply is cut
+before the repeat. It works on characters, not words, so it needs no word boundaries
+(Chinese and Japanese have none).
 """
 
 from __future__ import annotations
+
+import re
 
 MIN_COPIES = 3
 """A block must appear this many times in a row to count as a loop."""
@@ -22,6 +25,9 @@ MIN_LETTERS = 3
 """...and the block must hold words: counting "1, 2, 3, ..." or a list of dates is no loop."""
 MAX_PERIOD_CHARS = 800
 """Longest block looked for (a paragraph); longer loops are left to the reply budget."""
+MIN_SENTENCE_CHARS = 20
+_SENTENCE = re.compile(r"[^\n.!?。！？]+[.!?。！？]*")
+_CODE = re.compile(r"```.*?(?:```|$)", re.DOTALL)
 _DIGITS = str.maketrans("123456789", "000000000")
 """Digits count as equal (the text keeps its length, so a cut is still a cut in it): a
 numbered list that repeats its items under new numbers is a loop too."""
@@ -61,7 +67,26 @@ def loop_start(text: str) -> int | None:
             continue
         if best is None or cut < best:
             best = cut
+    again = _third_time(text)
+    if again is not None and (best is None or again < best):
+        best = again
     return best
+
+
+def _third_time(text: str) -> int | None:
+    """Where a sentence or line of 20+ characters starts for the third time, or None: a
+    small model also loops by coming back to the same line with others in between."""
+    seen: dict[str, int] = {}
+    if "```" in text:  # code repeats lines on purpose: blank it out, keeping the offsets
+        text = _CODE.sub(lambda m: " " * len(m.group()), text)
+    for match in _SENTENCE.finditer(text):
+        key = match.group().strip().rstrip(".,;:!?。，、！？").lower()
+        if len(key) < MIN_SENTENCE_CHARS:
+            continue
+        seen[key] = seen.get(key, 0) + 1
+        if seen[key] == MIN_COPIES and match.end() < len(text):  # the third one is complete
+            return match.start()
+    return None
 
 
 def _periodic_tail(text: str, period: int) -> int:
