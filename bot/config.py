@@ -16,12 +16,10 @@ from bot.errors import ConfigError
 
 T = TypeVar("T")
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You are a helpful AI assistant named {bot_name}. "
-    "Reply in the language of the user's message."
-)
+DEFAULT_SYSTEM_PROMPT = "You are a helpful AI assistant named {bot_name}."
 """Short, in the wording small instruct models were trained on (docs/quality.md); where
-several people talk, the core adds that each of their messages starts with a name."""
+several people talk, the core adds that each of their messages starts with a name. A line
+asking for the user's language helps multilingual models but sent the bundled one to French."""
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
