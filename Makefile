@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: run console test test-fast test-slow lint format bench setup clean
+.PHONY: run console test test-fast test-slow lint format bench eval setup clean
 
 run: $(STAMP)  ## set up (first time) and run the bot: console chat when no token is set
 	$(PY) -m bot
@@ -27,6 +27,9 @@ test-slow: $(STAMP)  ## only the tests that load the real bundled model
 
 bench: $(STAMP)  ## speed benchmark on the bundled model (docs/benchmarks.md)
 	$(PY) -m bot.bench --out bench-results/bench.json
+
+eval: $(STAMP)  ## answer quality on the configured engine, vs plain prompting (docs/quality.md)
+	$(PY) -m bot.eval --out eval-results/eval.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check bot tests

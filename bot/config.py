@@ -17,11 +17,10 @@ from bot.errors import ConfigError
 
 T = TypeVar("T")
 
-DEFAULT_SYSTEM_PROMPT = (
-    "You are {bot_name}, a helpful assistant in a group chat. "
-    "Answer the latest message briefly and accurately. "
-    "Messages from people start with their name."
-)
+DEFAULT_SYSTEM_PROMPT = "You are a helpful AI assistant named {bot_name}."
+"""Short, in the wording small instruct models were trained on (docs/quality.md); where
+several people talk, the core adds that each of their messages starts with a name. A line
+asking for the user's language helps multilingual models but sent the bundled one to French."""
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 QUANTIZE_MODES = ("off", "bf16", "int8", "int8-all")
 """`MODEL_QUANTIZE`: the lowest precision the CPU engine's linear layers may get (issue #13)."""
@@ -42,6 +41,7 @@ class Settings:
     max_new_tokens: int = 256
     temperature: float = 0.2
     top_p: float = 0.9
+    repetition_penalty: float = 1.05
     max_queue: int = 16
     generation_timeout: float = 300.0
     max_batch_size: int = 16
@@ -129,6 +129,8 @@ class Settings:
                                          high=8192),
             temperature=temperature,
             top_p=reader.number("TOP_P", float, d.top_p, low=0.01, high=1.0),
+            repetition_penalty=reader.number("REPETITION_PENALTY", float,
+                                             d.repetition_penalty, low=1.0, high=2.0),
             max_queue=reader.number("MAX_QUEUE", int, d.max_queue, low=1, high=10_000),
             generation_timeout=reader.number("GENERATION_TIMEOUT", float,
                                              d.generation_timeout, low=1.0),

@@ -4,6 +4,7 @@ tiny model, whose batched greedy tokens must equal unbatched `model.generate` to
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -219,10 +220,13 @@ def chat(text: str, max_new_tokens: int = 24) -> GenerationRequest:
 def reference(backend: HFBackend, req: GenerationRequest) -> list[int]:
     """What plain, unbatched greedy `model.generate` produces."""
     ids = torch.tensor([backend.renderer.encode(req.prompt)])
+    penalty = req.sampling.repetition_penalty
+    options = {} if penalty == 1 else {"repetition_penalty": penalty}
     with torch.inference_mode():
         out = backend.model.generate(  # type: ignore[operator]
             input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-            max_new_tokens=req.sampling.max_new_tokens, pad_token_id=backend._pad_id)
+            max_new_tokens=req.sampling.max_new_tokens, pad_token_id=backend._pad_id,
+            **options)
     return list(out[0, ids.shape[1]:].tolist())
 
 
@@ -268,6 +272,25 @@ def test_batched_greedy_tokens_equal_unbatched_ones(tiny: HFBackend) -> None:
         steps += 1
     assert [got[i] for i in range(len(requests))] == expected
     assert [len(t) for t in expected] == [r.sampling.max_new_tokens for r in requests]
+
+
+def test_repetition_penalty_matches_model_generate_and_leaves_other_rows_alone(
+        tiny: HFBackend) -> None:
+    plain = [chat(text, 20) for text in PROMPTS[:4]]
+    penalised = [dataclasses.replace(r, sampling=dataclasses.replace(
+        r.sampling, repetition_penalty=1.3)) for r in plain]
+    requests = [r for pair in zip(plain, penalised, strict=True) for r in pair]
+    expected = [reference(tiny, r) for r in requests]
+    assert expected[0::2] != expected[1::2]  # the penalty changes what the tiny model says
+    batch = open_batch(tiny)
+    admit(batch, list(enumerate(requests)))
+    got: dict[int, list[int]] = {}
+    while len(got) < len(requests):
+        for seq_id, output in batch.step().items():
+            if output.finished:
+                got[seq_id] = batch.reply_tokens(seq_id)
+                batch.finish(seq_id)
+    assert [got[i] for i in range(len(requests))] == expected
 
 
 def test_prompts_of_similar_length_are_prefilled_together_with_padding(
@@ -415,3 +438,21 @@ def test_sampling_respects_temperature_top_k_and_top_p() -> None:
     assert all(next_tokens(logits, [wide, wide], top_k=1) == [1, 0] for _ in range(20))
     seen = {tuple(next_tokens(logits, [wide, wide], top_k=2)) for _ in range(200)}
     assert seen <= {(1, 0), (2, 0), (1, 3), (2, 3)} and len(seen) == 4
+
+
+def test_repetition_penalty_scales_scores_of_seen_tokens_only() -> None:
+    from bot.engines.local.sampling import next_tokens
+
+    logits = torch.tensor([[4.0, 3.5, -1.0, -1.25], [4.0, 3.5, -1.0, -1.25]])
+    off = SamplingParams(temperature=0.0)
+    on = SamplingParams(temperature=0.0, repetition_penalty=1.5)
+    asked: list[int] = []
+
+    def seen(row: int) -> list[int]:
+        asked.append(row)
+        return [0, 2]
+
+    assert next_tokens(logits, [off, on], seen=seen) == [0, 1]
+    assert asked == [1]  # rows without a penalty are never looked at
+    assert logits[1].tolist() == [4.0, 3.5, -1.0, -1.25]  # the caller's logits are kept
+    assert next_tokens(torch.tensor([[-1.0, -1.2]]), [on], seen=lambda row: [0]) == [1]

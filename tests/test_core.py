@@ -311,7 +311,7 @@ async def test_a_busy_channel_cannot_starve_a_quiet_one(settings: Settings,
             await asyncio.sleep(0.01)
         backend.gate.set()
         await asyncio.gather(*flood, late)
-    order = [p[-1]["content"].split(": ", 1)[1] for p in backend.prompts]
+    order = [p[-1]["content"].split(": ", 1)[-1] for p in backend.prompts]
     assert order.index("quiet one") == 1  # behind one request of the busy channel, not four
     assert positions == [1]
 
@@ -342,4 +342,4 @@ async def test_a_message_deleted_while_queued_is_not_answered(settings: Settings
         assert await queued is None
         assert (await first) is not None
     assert await history.recent(KEY) == []
-    assert [p[-1]["content"] for p in backend.prompts] == ["ada: busy here"]
+    assert [p[-1]["content"] for p in backend.prompts] == ["busy here"]

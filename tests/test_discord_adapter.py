@@ -366,11 +366,23 @@ async def test_user_cannot_make_it_ping_by_asking_to_repeat(
 # ---------------------------------------------------------------------------- long answers
 
 
+_NOUNS = ("river lantern harbor meadow copper violin glacier orchard falcon marble thistle "
+          "compass ember saddle quarry willow beacon tundra pepper anchor").split()
+_VERBS = "carries hides bends lights shapes guards echoes warms crosses frames".split()
+
+
+def varied_paragraph(k: int) -> str:
+    """Twenty different sentences (about 890 characters), different for each `k`."""
+    return " ".join(f"The {_NOUNS[(i + k) % 20]} {_VERBS[(i + k) % 10]} a "
+                    f"{_NOUNS[(i * 7 + k) % 20]} near the {_NOUNS[(i * 11 + 3 * k) % 20]}."
+                    for i in range(20)) + "\n\n"
+
+
 async def test_long_answer_is_split_and_grows_across_parts(
         fake: FakeDiscord, settings: Settings, history: HistoryStore) -> None:
-    paragraph = "This sentence is part of a long answer. " * 20 + "\n\n"  # 802 chars
     code = "```python\n" + "".join(f"print({i})\n" for i in range(150)) + "```\n"
-    pieces = [paragraph, paragraph, code, paragraph]
+    # Paragraphs of about 890 characters that differ: a repeated one would be cut as a loop.
+    pieces = [varied_paragraph(1), varied_paragraph(2), code, varied_paragraph(3)]
     backend = ScriptedBackend(pieces)
     async with make_core(backend, settings, history) as core, serving(fake, core, settings):
         asked = await mention(fake, "tell me everything")

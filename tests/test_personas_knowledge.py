@@ -145,8 +145,10 @@ async def test_support_persona_answers_from_the_knowledge_base(
     newest = prompt[-1]["content"]
     assert newest.startswith("Reference passages:\n\n[brightbird-faq.md — Returns and refunds]")
     assert "45 days of delivery" in newest
-    assert newest.endswith("ada: How long do I have to return the feeder?")
-    assert "\n\nSources: brightbird-faq.md" in reply.text
+    assert newest.endswith("\n\nHow long do I have to return the feeder?")
+    # The echo only repeats the question, which the passages do not back: no made-up answer.
+    assert reply.text.startswith("I don't know")
+    assert reply.text.endswith("\n\nSources: support/escalation.md")
     status = await kb_core.handle(message("/status"))
     assert status is not None
     assert "Persona here: support" in status.text

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from bot.core.prompting import TRUNCATION_MARK, build_chat_prompt, chunk_lines, to_messages
+from bot.core.prompting import (
+    SPEAKERS_NOTE,
+    TRUNCATION_MARK,
+    build_chat_prompt,
+    chunk_lines,
+    to_messages,
+)
 from bot.engines.local.rendering import HFTokenCounter, PromptRenderer
 from bot.types import Turn
 from tests.tiny_model import build_tokenizer
@@ -13,6 +19,9 @@ from tests.tiny_model import build_tokenizer
 @pytest.fixture(scope="module")
 def counter() -> HFTokenCounter:
     return HFTokenCounter(PromptRenderer(build_tokenizer(), "Bot"))
+
+
+GROUP = f"Be brief. {SPEAKERS_NOTE}"
 
 
 def history(n: int) -> list[Turn]:
@@ -28,12 +37,28 @@ def test_everything_fits_when_there_is_room(counter: HFTokenCounter) -> None:
     prompt = build_chat_prompt(counter, system="Be brief.", history=turns,
                                message=Turn("user", "bob", "and tomorrow?"),
                                context_tokens=1000, reply_tokens=100)
-    assert prompt == to_messages("Be brief.", [*turns, Turn("user", "bob", "and tomorrow?")])
+    assert prompt == to_messages(GROUP, [*turns, Turn("user", "bob", "and tomorrow?")])
     assert prompt[1]["content"] == "alice: question number 0 about the weather"
     assert prompt[-1] == {"role": "user", "content": "bob: and tomorrow?"}
 
 
-@pytest.mark.parametrize("context", [200, 300, 450, 700])
+def test_one_person_talking_gets_no_name_prefixes_and_no_speakers_note(
+        counter: HFTokenCounter) -> None:
+    turns = history(2)  # only alice
+    prompt = build_chat_prompt(counter, system="Be brief.", history=turns,
+                               message=Turn("user", "alice", "and tomorrow?"),
+                               context_tokens=1000, reply_tokens=100)
+    assert prompt[0] == {"role": "system", "content": "Be brief."}
+    assert prompt[1]["content"] == "question number 0 about the weather"
+    assert prompt[-1] == {"role": "user", "content": "and tomorrow?"}
+    joined = build_chat_prompt(counter, system="Be brief.", history=turns,
+                               message=Turn("user", "bob", "and tomorrow?"),
+                               context_tokens=1000, reply_tokens=100)
+    assert joined[0]["content"] == GROUP  # a second person: everyone's lines carry names
+    assert joined[1]["content"] == "alice: question number 0 about the weather"
+
+
+@pytest.mark.parametrize("context", [230, 300, 450, 700])
 def test_oldest_turns_are_dropped_to_fit_exactly(counter: HFTokenCounter, context: int) -> None:
     turns = history(20)
     prompt = build_chat_prompt(counter, system="Be brief.", history=turns,
@@ -45,7 +70,7 @@ def test_oldest_turns_are_dropped_to_fit_exactly(counter: HFTokenCounter, contex
     kept = len(prompt) - 2
     assert 0 < kept < 40
     # nothing more would have fitted: one more exchange goes over the budget
-    bigger = to_messages("Be brief.", [*turns[-kept - 2:], Turn("user", "bob", "and tomorrow?")])
+    bigger = to_messages(GROUP, [*turns[-kept - 2:], Turn("user", "bob", "and tomorrow?")])
     assert counter.count_prompt(bigger) > context - 50
 
 

@@ -252,8 +252,8 @@ async def test_busy_server_gets_the_busy_reply_and_history_stays(
         third = await core.handle(message("three", message_id="m3"))
     assert first is not None and second is not None and third is not None
     assert str(BusyError()) == first.text == second.text
-    # Nothing was lost: the third prompt holds all three (the reply is cut at "\nada:").
-    assert fake.requests[-1]["messages"][-1]["content"] == "ada: one\nada: two\nada: three"
+    # Nothing was lost: the third prompt holds all three (one person: no name prefixes).
+    assert fake.requests[-1]["messages"][-1]["content"] == "one\ntwo\nthree"
     assert [t.text for t in await history.recent(KEY)][:3] == ["one", "two", "three"]
 
 
@@ -388,9 +388,9 @@ async def test_unreachable_at_start_then_reconnects_by_itself(
             await server.wait_for(lambda: engine.running, message="never reconnected")
             assert ops.health()[0] == 200 and engine.info.name == "fake-model"
             again = await core.handle(message("now?", message_id="m2"))
-            assert again is not None and again.text == "Echo: ada: anyone there?"
+            assert again is not None and again.text == "Echo: anyone there?\nnow?"
             assert server.requests[-1]["messages"][-1]["content"] == \
-                "ada: anyone there?\nada: now?"  # the first question was kept
+                "anyone there?\nnow?"  # the first question was kept
             await server.stop()  # the server goes away again mid-life
             lost = await core.handle(message("still?", message_id="m3"))
             assert lost is not None and lost.text == str(UnavailableError())

@@ -317,7 +317,8 @@ async def test_replies_in_the_bots_thread_are_answered_with_its_context(
 
     assert final(fake, CHANNEL, thread) == ["echo: pick a number", "echo: now double it"]
     prompt = "\n".join(m["content"] for m in backend.prompts[1])
-    assert "alice: @Bot pick a number" in prompt and "echo: pick a number" in prompt
+    # Only alice talks in the thread: her lines carry no name prefix.
+    assert "\n@Bot pick a number\n" in prompt and "echo: pick a number" in prompt
     assert fake.messages(CHANNEL, other["ts"])[-1]["text"] == "chit chat"
     assert await history.recent(ChannelKey("slack", CHANNEL, other["ts"])) == []
 
@@ -509,7 +510,10 @@ async def test_markdown_is_converted_and_broadcasts_are_neutralised(
 
 async def test_long_answers_are_split_into_several_messages(
         slack_settings: Settings, history: HistoryStore, fake: FakeSlack) -> None:
-    paragraphs = [f"Paragraph {i}: " + "lorem ipsum dolor sit amet " * 30 for i in range(12)]
+    words = "lorem ipsum dolor sit amet consectetur adipiscing elit sed do eiusmod".split()
+    paragraphs = [f"Paragraph {i}: " + " ".join(words[(i * j) % len(words)] + str(j)
+                                                for j in range(120)) for i in range(12)]
+    # (varied words: a paragraph that repeats one phrase 30 times would be cut as a loop)
     answer = "\n\n".join(paragraphs)
     async with core_with(ScriptedBackend(answer), history, slack_settings) as core, \
             running(core, slack_settings, fake):

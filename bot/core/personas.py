@@ -22,7 +22,7 @@ DEFAULT_PERSONA = "assistant"
 @dataclass(frozen=True, slots=True)
 class Persona:
     """How the bot behaves in a channel; a field left as None takes the global setting
-    (`SYSTEM_PROMPT`, `MAX_NEW_TOKENS`, `TEMPERATURE`, `TOP_P`)."""
+    (`SYSTEM_PROMPT`, `MAX_NEW_TOKENS`, `TEMPERATURE`, `TOP_P`, `REPETITION_PENALTY`)."""
 
     name: str
     description: str
@@ -30,7 +30,11 @@ class Persona:
     max_new_tokens: int | None = None
     temperature: float | None = None
     top_p: float | None = None
+    repetition_penalty: float | None = None
     use_knowledge: bool = False
+    unknown_reply: str | None = None
+    """With `use_knowledge`: what to say when the passages do not back the model's answer
+    (the knowledge base's "Escalation" section, if any, is added: who to ask)."""
 
 
 def load_personas(user_dir: Path | None = None) -> dict[str, Persona]:
@@ -60,15 +64,18 @@ def _read(path: Path) -> Persona:
             max_new_tokens=_optional(data, "max_new_tokens", int),
             temperature=_optional(data, "temperature", float),
             top_p=_optional(data, "top_p", float),
+            repetition_penalty=_optional(data, "repetition_penalty", float),
             use_knowledge=bool(data.get("use_knowledge", False)),
+            unknown_reply=_optional(data, "unknown_reply", str),
         )
     except (OSError, tomllib.TOMLDecodeError, TypeError, ValueError) as exc:
         raise ConfigError("PERSONAS_DIR", f"valid persona files ({path.name}: {exc})") from None
     if not (1 <= (persona.max_new_tokens or 1) <= 8192
             and 0 <= (persona.temperature or 0) <= 5
-            and 0 < (persona.top_p or 1) <= 1):
+            and 0 < (persona.top_p or 1) <= 1
+            and 1 <= (persona.repetition_penalty or 1) <= 2):
         raise ConfigError("PERSONAS_DIR", f"valid persona files ({path.name}: max_new_tokens "
-                          "1-8192, temperature 0-5, top_p in (0, 1])")
+                          "1-8192, temperature 0-5, top_p in (0, 1], repetition_penalty 1-2)")
     return persona
 
 

@@ -15,16 +15,31 @@ from bot.types import ChatMessage, Prompt, Turn
 TRUNCATION_MARK = " […]"
 
 
-def turn_content(turn: Turn) -> str:
-    """How a turn reads inside the prompt: people's lines carry their name."""
-    return turn.text if turn.role == "assistant" else f"{turn.author}: {turn.text}"
+SPEAKERS_NOTE = ("Several people talk here; each of their messages starts with the "
+                 "person's name.")
+"""Added to the system prompt when more than one person talks in a conversation."""
 
 
-def to_messages(system: str, turns: list[Turn]) -> Prompt:
+def turn_content(turn: Turn, named: bool = True) -> str:
+    """How a turn reads inside the prompt: people's lines carry their name when `named`."""
+    return turn.text if turn.role == "assistant" or not named else f"{turn.author}: {turn.text}"
+
+
+def is_group(history: list[Turn], message: Turn) -> bool:
+    """Whether more than one person talks in the conversation, so lines need names.
+
+    With one person (a DM, the console, a channel where only one person has spoken) the
+    ``name:`` prefix only costs accuracy: small models answer worse, greet the name, or
+    start their reply with a speaker label (docs/quality.md).
+    """
+    return any(t.role == "user" and t.author != message.author for t in history)
+
+
+def to_messages(system: str, turns: list[Turn], named: bool = True) -> Prompt:
     """Chat messages for `turns`, merging runs of user turns and starting with a user turn."""
     messages: Prompt = [{"role": "system", "content": system}]
     for turn in turns:
-        content = turn_content(turn)
+        content = turn_content(turn, named)
         last = messages[-1]
         if turn.role == "user" and last["role"] == "user":
             last["content"] += "\n" + content
@@ -63,7 +78,10 @@ def build_chat_prompt(counter: TokenCounter, *, system: str, history: list[Turn]
         prompt[-1]["content"] = f"{reference}\n\n{prompt[-1]['content']}"
         return prompt
     budget = context_tokens - reply_tokens
-    empty = counter.count_prompt(to_messages(system, [Turn("user", message.author, "")]))
+    named = is_group(history, message)
+    if named:
+        system = f"{system} {SPEAKERS_NOTE}" if system else SPEAKERS_NOTE
+    empty = counter.count_prompt(to_messages(system, [Turn("user", message.author, "")], named))
     if empty > budget:
         raise ValueError("the system prompt alone does not fit the context window; "
                          "lower MAX_NEW_TOKENS or raise CONTEXT_TOKENS")
@@ -71,28 +89,29 @@ def build_chat_prompt(counter: TokenCounter, *, system: str, history: list[Turn]
     limit = counter.count_text(text)
     while True:
         newest = Turn("user", message.author, text)
-        base = counter.count_prompt(to_messages(system, [newest]))
+        base = counter.count_prompt(to_messages(system, [newest], named))
         if base <= budget:
             break
         limit = max(0, min(limit, counter.count_text(text)) - (base - budget) - 1)
         text = fit_text(counter, message.text, limit)
 
     # Estimate each older turn's cost, newest first, then verify the total exactly.
-    overhead = counter.count_prompt(to_messages(system, [Turn("user", "x", ""), newest])) - base
+    pair = to_messages(system, [Turn("user", "x", ""), newest], named)
+    overhead = counter.count_prompt(pair) - base
     kept: list[Turn] = []
     used = base
     for turn in reversed(history):
-        cost = counter.count_text(turn_content(turn)) + max(overhead, 1)
+        cost = counter.count_text(turn_content(turn, named)) + max(overhead, 1)
         if used + cost > budget:
             break
         kept.insert(0, turn)
         used += cost
-    prompt = to_messages(system, [*kept, newest])
+    prompt = to_messages(system, [*kept, newest], named)
     while kept and counter.count_prompt(prompt) > budget:
         kept.pop(0)
-        prompt = to_messages(system, [*kept, newest])
+        prompt = to_messages(system, [*kept, newest], named)
     while len(kept) < len(history):  # the estimate is cautious: take what still fits
-        candidate = to_messages(system, [history[-len(kept) - 1], *kept, newest])
+        candidate = to_messages(system, [history[-len(kept) - 1], *kept, newest], named)
         if counter.count_prompt(candidate) > budget:
             break
         kept.insert(0, history[-len(kept) - 1])

@@ -23,6 +23,10 @@ class SamplingParams:
     max_new_tokens: int = 256
     temperature: float = 0.2
     top_p: float = 0.9
+    repetition_penalty: float = 1.0
+    """Above 1, tokens the sequence already holds are made less likely, with transformers'
+    multiplicative semantics (vLLM's `repetition_penalty`, llama.cpp's `repeat_penalty`);
+    a remote engine sends it as its server's field. 1 turns it off."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,9 @@ from typing import Protocol
 
 from bot.types import Reply
 
+_BOUNDARIES = ("\n\n", "\n", ". ", "! ", "? ", "。", "！", "？", "，", "、", " ")
+"""Where a part may end, best first: Chinese and Japanese text has no spaces, so its
+sentence ends (。！？) and commas (，、) count too."""
 _FENCE = re.compile(r"^\s*(```+)([\w+-]*)", re.MULTILINE)
 _CLOSE = "\n```"
 
@@ -35,7 +38,8 @@ class Adapter(Protocol):
 def split_text(text: str, limit: int) -> list[str]:
     """Split `text` into parts of at most `limit` characters, at natural boundaries.
 
-    Prefers a paragraph break, then a line break, then a sentence end, then a space. A code
+    Prefers a paragraph break, then a line break, then a sentence end (also 。！？), then a
+    Chinese or Japanese comma (，、), then a space. A code
     block that spans a cut is closed at the end of one part and reopened (with its language)
     at the start of the next, so each part renders on its own. Apart from those added fences,
     joining the parts gives back `text` exactly.
@@ -79,7 +83,7 @@ def _cut_point(text: str, room: int) -> int:
     """Index to cut `text` at, within `room` characters, at the best boundary found."""
     window = text[:room]
     floor = room // 2
-    for pattern in ("\n\n", "\n", ". ", "! ", "? ", " "):
+    for pattern in _BOUNDARIES:
         index = window.rfind(pattern)
         if index >= floor:
             return index + len(pattern)

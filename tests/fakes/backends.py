@@ -25,9 +25,13 @@ class WordCounter:
 
 
 def echo_words(request: GenerationRequest) -> list[str]:
-    """The echo reply's words: 'echo:' and the newest line's words, within max_new_tokens."""
+    """The echo reply's words: 'echo:' and the newest line's words (without its speaker's
+    ``name:`` prefix, which only lines of a group chat carry), within max_new_tokens."""
     last = request.prompt[-1]["content"].splitlines()[-1]
-    return ["echo:", *last.split(":", 1)[-1].split()][: request.sampling.max_new_tokens]
+    name, colon, rest = last.partition(": ")
+    if colon and name and not any(ch.isspace() for ch in name) and len(name) <= 32:
+        last = rest
+    return ["echo:", *last.split()][: request.sampling.max_new_tokens]
 
 
 class EchoBackend:

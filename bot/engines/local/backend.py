@@ -122,6 +122,8 @@ class HFBackend:
                            top_p=sampling.top_p)
         else:
             options.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if sampling.repetition_penalty != 1:
+            options["repetition_penalty"] = sampling.repetition_penalty
         with torch.inference_mode():
             output = self.model.generate(  # type: ignore[operator]
                 input_ids=input_ids,

@@ -140,7 +140,7 @@ class HFDecodeBatch:
         out = self.model(input_ids=inputs, attention_mask=None if new.all() else mask,
                          position_ids=positions, cache=cache, use_cache=True, logits_to_keep=1)
         chosen = next_tokens(out.logits[:, -1, :], [row.request.sampling for row in rows],
-                             top_k=self._top_k)
+                             top_k=self._top_k, seen=lambda i: rows[i].fed)
         layers = layers_of(cache)
         for i, (row, token) in enumerate(zip(rows, chosen, strict=True)):
             start = reuse + length - (len(row.fed) - reuse)  # where its new tokens begin
@@ -172,7 +172,8 @@ class HFDecodeBatch:
                          position_ids=positions, cache=self._cache, use_cache=True,
                          logits_to_keep=1)
         chosen = next_tokens(out.logits[:, -1, :], [row.request.sampling for row in rows],
-                             top_k=self._top_k)
+                             top_k=self._top_k,
+                             seen=lambda i: [*rows[i].fed, rows[i].generated[-1]])
         outputs = {}
         for row, token in zip(rows, chosen, strict=True):
             row.fed.append(row.generated[-1])

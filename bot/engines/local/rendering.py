@@ -81,4 +81,10 @@ class HFTokenCounter:
                 return text
             if max_tokens <= 0:
                 return ""
-            return text[: offsets[max_tokens - 1][1]]
+            # Cut where the first token left out begins: a Chinese or Japanese character
+            # often spans several byte-level tokens that all share its offsets, and cutting
+            # after the last kept one would keep the whole character, and too many tokens.
+            cut = text[: offsets[max_tokens][0]]
+            while cut and len(tokenizer(cut, add_special_tokens=False)["input_ids"]) > max_tokens:
+                cut = cut[:-1]  # re-tokenising a prefix rarely merges differently; be sure
+            return cut

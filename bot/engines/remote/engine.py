@@ -320,6 +320,10 @@ class RemoteEngine:
             "temperature": sampling.temperature, "top_p": sampling.top_p,
             "stream_options": {"include_usage": True},
         }
+        if sampling.repetition_penalty != 1:
+            # vLLM and SGLang read "repetition_penalty", llama.cpp's server "repeat_penalty";
+            # both are transformers' multiplicative penalty, and each ignores the other name.
+            body["repetition_penalty"] = body["repeat_penalty"] = sampling.repetition_penalty
         if model:
             body["model"] = model
         return body
