@@ -72,6 +72,16 @@ RETRY_TEMPERATURE = 0.7
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
 
 
+_OUTCOMES: tuple[tuple[type[UserError], str], ...] = (
+    (BusyError, "busy"), (RateLimited, "rate_limited"), (UnavailableError, "unavailable"),
+    (StoreUnavailable, "store_unavailable"))
+"""The request outcome (metrics, logs) of each kind of `UserError`; any other is "refused"."""
+
+
+def _outcome_of(error: UserError) -> str:
+    return next((name for kind, name in _OUTCOMES if isinstance(error, kind)), "refused")
+
+
 class _Dropped(Exception):
     """A request that went stale before generation started; it gets no reply."""
 
@@ -164,20 +174,8 @@ class ConversationCore:
             log.info("dropped: %s", dropped)
             self.metrics.count(msg.key.platform, "dropped")
             return None
-        except BusyError as exc:
-            request_outcome.set("busy")
-            answer = str(exc)
-        except RateLimited as exc:
-            request_outcome.set("rate_limited")
-            answer = str(exc)
-        except UnavailableError as exc:
-            request_outcome.set("unavailable")
-            answer = str(exc)
-        except StoreUnavailable as exc:
-            request_outcome.set("store_unavailable")
-            answer = str(exc)
         except UserError as exc:
-            request_outcome.set("refused")
+            request_outcome.set(_outcome_of(exc))
             answer = str(exc)
         except GenerationError:
             log.warning("generation failed for %s", msg.key, exc_info=True)
