@@ -179,8 +179,8 @@ async def test_older_waiting_messages_of_the_same_user_are_dropped(
                    for i in range(3)]
         deleted = asyncio.create_task(core.handle(message("oops", author="bob",
                                                           message_id="b1")))
-        while (core._latest.get((KEY, "id-ada")) != "r2"
-               or (KEY, "id-bob") not in core._latest):  # all of them are waiting now
+        while not (core.inflight.is_latest(KEY, "id-ada", "r2")
+                   and core.inflight.is_latest(KEY, "id-bob", "b1")):  # all are waiting now
             await asyncio.sleep(0.01)
         core.message_deleted(KEY, "b1")
         backend.gate.set()
@@ -335,7 +335,7 @@ async def test_a_message_deleted_while_queued_is_not_answered(settings: Settings
         first = asyncio.create_task(core.handle(message("busy here", key=other)))
         await asyncio.to_thread(backend.started.wait, 5)
         queued = asyncio.create_task(core.handle(message("delete me", message_id="gone")))
-        while (KEY, "gone") not in core._inflight:  # queued behind the other channel's job
+        while (KEY, "gone") not in core.inflight:  # queued behind the other channel's job
             await asyncio.sleep(0.01)
         core.message_deleted(KEY, "gone")
         backend.gate.set()

@@ -22,7 +22,8 @@ import discord
 import pytest
 
 from bot.config import Settings
-from bot.core.conversation import APOLOGY, SHUTDOWN_MARK, ConversationCore
+from bot.core.answering import SHUTDOWN_MARK
+from bot.core.conversation import APOLOGY, ConversationCore
 from bot.engines.contract import GenerationRequest
 from bot.engines.worker import ModelWorker
 from bot.platforms.base import EditThrottle

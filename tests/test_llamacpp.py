@@ -19,7 +19,8 @@ import pytest
 
 from bot.bench.llama_server import LlamaServer, xllamacpp_available
 from bot.config import Settings
-from bot.core.conversation import SERVER_ERROR_MARK, ConversationCore
+from bot.core.answering import SERVER_ERROR_MARK
+from bot.core.conversation import ConversationCore
 from bot.engines.contract import GenerationRequest, SamplingParams
 from bot.engines.remote.engine import RemoteConfig, RemoteEngine
 from bot.errors import UnavailableError

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 
 from bot.config import Settings
-from bot.core.conversation import SERVER_ERROR_MARK, THINKING, TIMEOUT_MARK, ConversationCore
+from bot.core.answering import SERVER_ERROR_MARK, THINKING, TIMEOUT_MARK
+from bot.core.conversation import ConversationCore
 from bot.engines.contract import GenerationRequest, SamplingParams
 from bot.engines.remote.engine import RemoteConfig, RemoteEngine
 from bot.errors import BusyError, ConfigError, UnavailableError

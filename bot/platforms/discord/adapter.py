@@ -35,8 +35,9 @@ from typing import Any
 import discord
 
 from bot.config import Settings
+from bot.core.answering import SHUTDOWN_MARK
 from bot.core.commands import TranscriptFetcher
-from bot.core.conversation import APOLOGY, SHUTDOWN_MARK, ConversationCore
+from bot.core.conversation import APOLOGY, ConversationCore
 from bot.errors import UserError
 from bot.platforms.base import EditThrottle
 from bot.platforms.discord.gateway import make_client

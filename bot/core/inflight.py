@@ -1,0 +1,75 @@
+"""Which requests are waiting or generating, and which went stale before their turn.
+
+A message deleted while it waits, or overtaken by a newer message from the same author in
+the same conversation, is dropped instead of answered: the user has moved on.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+
+from bot.engines.handles import GenerationHandle
+from bot.types import ChannelKey, IncomingMessage
+
+MAX_DELETED = 10_000
+"""Deleted message ids remembered (oldest forgotten first)."""
+
+Pending = tuple[ChannelKey, str]
+"""A request, by the conversation and the platform message it answers."""
+
+
+class Stale(Exception):
+    """A request that went stale before generation started; it gets no reply."""
+
+
+class InFlight:
+    """The generation handle of each request in progress, and what makes one stale."""
+
+    def __init__(self) -> None:
+        self._latest: dict[tuple[ChannelKey, str], str] = {}
+        self._deleted: OrderedDict[Pending, None] = OrderedDict()
+        self._handles: dict[Pending, GenerationHandle] = {}
+
+    def arrived(self, msg: IncomingMessage) -> None:
+        """`msg` is now its author's latest request in its conversation."""
+        self._latest[(msg.key, msg.author_id)] = msg.message_id
+
+    def answered(self, msg: IncomingMessage) -> None:
+        author = (msg.key, msg.author_id)
+        if self._latest.get(author) == msg.message_id:
+            del self._latest[author]
+
+    def is_latest(self, key: ChannelKey, author_id: str, message_id: str) -> bool:
+        return self._latest.get((key, author_id)) == message_id
+
+    def check(self, msg: IncomingMessage) -> None:
+        """Raise `Stale` if the message was deleted or its author has sent a newer one."""
+        if (msg.key, msg.message_id) in self._deleted:
+            raise Stale(f"message {msg.message_id} was deleted before generation started")
+        latest = self._latest.get((msg.key, msg.author_id))
+        if latest is not None and latest != msg.message_id:
+            raise Stale(f"{msg.author_id} sent a newer message in {msg.key}")
+
+    def deleted(self, key: ChannelKey, message_id: str) -> None:
+        """The message was deleted: a request for it that has not started is cancelled."""
+        self._deleted[(key, message_id)] = None
+        while len(self._deleted) > MAX_DELETED:
+            self._deleted.popitem(last=False)
+        handle = self._handles.get((key, message_id))
+        if handle is not None and not handle.started:
+            handle.cancel()  # still queued: the worker skips it (once started, it is answered)
+
+    def __contains__(self, pending: Pending) -> bool:
+        return pending in self._handles
+
+    def get(self, pending: Pending) -> GenerationHandle | None:
+        return self._handles.get(pending)
+
+    def __getitem__(self, pending: Pending) -> GenerationHandle:
+        return self._handles[pending]
+
+    def __setitem__(self, pending: Pending, handle: GenerationHandle) -> None:
+        self._handles[pending] = handle
+
+    def done(self, pending: Pending) -> None:
+        self._handles.pop(pending, None)
