@@ -3,7 +3,9 @@ tiny model (the real-model quality guard is in tests/test_quality.py)."""
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,6 +23,8 @@ from bot.engines.local.linear_kernels import (
     CompactEmbedding,
     CpuLinear,
     available,
+    quantize_rows,
+    wrong_results,
 )
 from bot.engines.local.model_cache import kernel_cache_file
 from bot.engines.local.model_source import ModelSource
@@ -158,9 +162,10 @@ def test_another_machine_or_candidate_set_times_again(tmp_path: Path,
     assert KernelChoice(path, timer=amd).choose(
         weights, {"48x64": ("mkl", "onednn")}) == {"48x64": "onednn"}
     assert len(amd.calls) == 1
-    wider = FakeTimer({"mkl": 3e-4, "onednn": 2e-4, "bf16": 1e-4})
+    wider = FakeTimer({"mkl": 3e-4, "onednn": 2e-4, "bf16": 1e-4, "int8": 1e-4})
+    extra = next(k for k in ("bf16", "int8", "onednn") if available(k))
     assert KernelChoice(path, timer=wider).choose(
-        weights, {"48x64": ("bf16", "mkl", "onednn")}) == {"48x64": "bf16"}
+        weights, {"48x64": (extra, "mkl")}) == {"48x64": extra}
     entries = json.loads(path.read_text())["entries"]
     assert len(entries) == 3  # both machines and both candidate sets kept
 
@@ -174,6 +179,71 @@ def test_a_broken_cache_file_is_timed_again_and_rewritten(tmp_path: Path) -> Non
         "8x8": "onednn"}
     assert len(timer.calls) == 1
     assert json.loads(path.read_text())["entries"]
+
+
+class SaturatingInt8(torch.nn.Module):
+    """int8 as oneDNN computes it on an AVX2-only CPU: inputs shifted to unsigned bytes,
+    pairs of products added in saturating 16-bit sums (`vpmaddubsw`), the shift taken back
+    out at the end."""
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        self.q, self.scale = quantize_rows(weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        peak = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
+        unsigned = (x * (127 / peak)).round().long() + 128
+        products = unsigned[:, None, :] * self.q.long()[None, :, :]
+        pairs = (products[..., 0::2] + products[..., 1::2]).clamp(-32768, 32767)
+        sums = pairs.sum(-1) - 128 * self.q.long().sum(1)
+        return sums.float() * self.scale.T * (peak / 127)
+
+
+class Exact(SaturatingInt8):
+    """The same arithmetic without the saturation: what a VNNI kernel computes."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        peak = x.abs().amax(dim=1, keepdim=True).clamp_min(1e-12)
+        q = (x * (127 / peak)).round()
+        return (q @ self.q.float().T) * self.scale.T * (peak / 127)
+
+
+def test_a_saturating_int8_kernel_is_caught() -> None:
+    from bot.engines.local.linear_kernels import _probe_weight
+
+    weight = _probe_weight()
+    assert wrong_results(Exact(weight), weight, "int8") is None
+    reason = wrong_results(SaturatingInt8(weight), weight, "int8")
+    assert reason is not None and "relative error" in reason
+
+
+class Zeros(torch.nn.Module):
+    """A kernel that is fast because it computes nothing."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_zeros(x.shape[0], 48)
+
+
+def wrong_onednn(weight: torch.Tensor, kernel: str) -> torch.nn.Module:
+    return Zeros() if kernel == "onednn" else CpuLinear(weight, None, kernel)
+
+
+def test_a_kernel_with_wrong_results_is_never_chosen(caplog: pytest.LogCaptureFixture) -> None:
+    weights = [torch.randn(48, 64) for _ in range(3)]
+    with caplog.at_level(logging.WARNING):
+        timings = kernel_choice.time_kernels(["mkl", "onednn"], weights, build=wrong_onednn)
+    assert set(timings) == {"mkl"}
+    assert "linear kernel onednn computes wrong results here for 48x64" in caplog.text
+    choice = KernelChoice(None, timer=functools.partial(kernel_choice.time_kernels,
+                                                         build=wrong_onednn))
+    assert choice.choose({"48x64": weights}, {"48x64": ("onednn", "mkl")}) == {
+        "48x64": "mkl"}
+
+
+def test_the_cache_key_names_what_torch_and_onednn_use() -> None:
+    key = kernel_choice.machine_key()
+    assert f"aten {torch.backends.cpu.get_cpu_capability()}" in key
+    assert ("bf16" in key.split("|")[2]) == available("bf16")
 
 
 def test_a_kernel_that_fails_is_no_candidate(tmp_path: Path) -> None:
@@ -261,6 +331,7 @@ def test_int8_mode_quantizes_the_head_first(tiny_model_dir: Path) -> None:
     assert done.embedding == "int8"
 
 
+@pytest.mark.skipif("bf16" not in KERNELS, reason="oneDNN bf16 needs AVX-512 or AVX-NE-CONVERT")
 def test_bf16_mode_never_chooses_int8(tiny_model_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     timer = FakeTimer({"int8": 1e-5, "bf16": 5e-5, "mkl": 1e-4, "onednn": 2e-4})

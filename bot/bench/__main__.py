@@ -105,7 +105,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     if not args.skip_start:
         _progress("cold start (GGUF conversion) and warm start")
         results["start"] = await scenarios.start_times(source, settings)
-    results["peak_rss_mb"]["overall"] = peak_rss_mb()
+    memory = results["peak_rss_mb"]
+    memory["overall"] = max(peak_rss_mb(), memory["serving"], memory["serving_now"])
     if not args.skip_modes:
         results["engine_modes"] = engine_modes.run_modes(argparse.Namespace(
             model=args.model, cache_dir=args.cache_dir, long_tokens=options["long_tokens"],

@@ -156,7 +156,7 @@ async def measure(variant: str, model_setting: str, cache_dir: Path, long_tokens
             out["story"] = text
     out["concurrent_tok_s"] = sum(counter.count_text(r) for r in replies) / took
     out["rss_serving_mib"] = sampler.highest
-    out["rss_peak_mib"] = peak_rss_mb()
+    out["rss_peak_mib"] = max(peak_rss_mb(), sampler.highest)
     if quality:
         ids = list(tokenizer(GUARD_TEXT.read_text())["input_ids"])
         out["log_likelihood"] = mean_log_likelihood(model, ids)

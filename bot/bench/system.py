@@ -10,7 +10,14 @@ from typing import Any
 
 
 def peak_rss_mb() -> float:
-    """The process's peak resident memory so far, in MiB."""
+    """The process's peak resident memory so far (VmHWM), in MiB.
+
+    Not an exact bound on earlier `rss_mb` readings: the kernel counts resident pages per
+    CPU and folds them in batches, so both figures are approximate, and a VmRSS sampled
+    earlier was measured a few pages above a later VmHWM (under
+    `ONEDNN_MAX_CPU_ISA=AVX2`, where the failed bf16 kernel timing allocates differently,
+    every time). Callers take the larger of the two as the peak.
+    """
     status = Path("/proc/self/status")
     if status.is_file():
         for line in status.read_text().splitlines():

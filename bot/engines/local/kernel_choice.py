@@ -4,10 +4,13 @@ The same kernel is twice as fast on one CPU as on another (MKL's few-row path, o
 per-call setup, bf16 and int8 instructions differ between Intel and AMD), so nothing is
 hard-coded: at the first start each shape's candidates run over the model's own weights of
 that shape (several layers, so the weights stream from memory as in a real step) for one row
-and for `BATCH_ROWS` rows, taking turns, and the one with the lowest sum wins. The choice is
-cached in a JSON file next to the converted model, keyed by the CPU, torch version and thread
-count, so later starts skip the timing, and a copy of the cache on another kind of server
-times again.
+and for `BATCH_ROWS` rows, taking turns, and the one with the lowest sum wins. A candidate
+that fails to build or run, or whose output on the model's own weights is not what fp32
+gives within the kernel's tolerance (`linear_kernels.wrong_results`: oneDNN int8 without
+VNNI saturates), is left out and logged: a wrong kernel is never chosen, however fast. The
+choice is cached in a JSON file next to the converted model, keyed by the CPU, the
+instruction set torch and oneDNN use on it, torch version and thread count, so later starts
+skip the timing, and a copy of the cache on another kind of server times again.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any
 
 import torch
 
-from bot.engines.local.linear_kernels import CpuLinear, available
+from bot.engines.local.linear_kernels import CpuLinear, available, wrong_results
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +37,14 @@ TIMED_BYTES = 48 * 2**20
 """fp32 bytes of weights each candidate streams per timed pass (more than the CPU caches
 hold for one core), or all the layers of the shape when they are fewer."""
 PASSES = 3
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 """Raised when a kernel changes, so cached choices made with the old one are timed again."""
 _FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16",
           "amx_int8", "amx_tile")
 
 Timer = Callable[[Sequence[str], Sequence[torch.Tensor]], dict[str, float]]
+Builder = Callable[[torch.Tensor, str], torch.nn.Module]
+"""Makes the layer of one kernel for one weight (`CpuLinear`; tests pass wrong ones)."""
 
 
 def shape_key(weight: torch.Tensor) -> str:
@@ -61,26 +66,43 @@ def machine_key() -> str:
                 flags = set(line.split(":", 1)[1].split())
                 break
     present = ",".join(f for f in _FLAGS if f in flags)
-    return f"{cpu}|{present}|torch {torch.__version__}|{torch.get_num_threads()} threads"
+    return (f"{cpu}|{present}|{_effective_isa()}|torch {torch.__version__}"
+            f"|{torch.get_num_threads()} threads")
 
 
-def time_kernels(kernels: Sequence[str], weights: Sequence[torch.Tensor]) -> dict[str, float]:
+def _effective_isa() -> str:
+    """What torch dispatches to (`ATEN_CPU_CAPABILITY` can lower it) and which kernels pass
+    their check (`ONEDNN_MAX_CPU_ISA` can turn bf16 and int8 off): the same CPU differs."""
+    working = "+".join(k for k in ("bf16", "int8") if available(k))
+    return f"aten {torch.backends.cpu.get_cpu_capability()} {working or 'fp32 only'}"
+
+
+def _build(weight: torch.Tensor, kernel: str) -> torch.nn.Module:
+    return CpuLinear(weight, None, kernel)
+
+
+def time_kernels(kernels: Sequence[str], weights: Sequence[torch.Tensor], *,
+                 build: Builder = _build) -> dict[str, float]:
     """Seconds per layer for one row plus `BATCH_ROWS` rows through each kernel: the
     fastest of `PASSES` passes over `weights` (after a warm-up pass), the kernels taking
     turns so that other load on the machine hits them alike. A kernel that fails to build
-    or run is left out."""
-    layers: dict[str, list[CpuLinear]] = {}
+    or run, or computes wrong results on `weights[0]`, is left out (and logged)."""
+    layers: dict[str, list[torch.nn.Module]] = {}
     best: dict[str, float] = {}
     with torch.inference_mode():
         for kernel in kernels:
             try:
-                layers[kernel] = [CpuLinear(w, None, kernel) for w in weights]
-                for rows in (1, BATCH_ROWS):
-                    layers[kernel][0](torch.randn(rows, weights[0].shape[1]))
-            except Exception:  # e.g. a oneDNN build without int8 kernels for this CPU
+                layers[kernel] = [build(w, kernel) for w in weights]
+                wrong = wrong_results(layers[kernel][0], weights[0], kernel)
+            except Exception:  # e.g. oneDNN's bf16 packing on a CPU without AVX-512
                 log.warning("linear kernel %s does not run here; not used", kernel,
                             exc_info=True)
                 layers.pop(kernel, None)
+                continue
+            if wrong is not None:
+                log.warning("linear kernel %s computes wrong results here for %s weights "
+                            "(%s); not used", kernel, shape_key(weights[0]), wrong)
+                del layers[kernel]
         inputs = [torch.randn(rows, weights[0].shape[1]) for rows in (1, BATCH_ROWS)]
         for _ in range(PASSES + 1):
             for kernel, timed in layers.items():

@@ -21,10 +21,18 @@ of two (17-32 to 32, 100 to 112, 1025 to 1280: at most 25% padding), about 30 ro
 shape up to 4,096 rows instead of one per prompt length.
 The quantized tensor types of `torch.ao` are deprecated (creating one warns), so the int8
 kernel uses oneDNN's int8 linear op on plain int8 tensors.
+
+Whether a kernel may be used is a check of what it computes, not of the CPU's name: oneDNN's
+bf16 packing refuses CPUs without AVX-512 (or AVX-NE-CONVERT), and its int8 kernels on an
+AVX2-only CPU (no VNNI) add products in saturating 16-bit sums and return wrong numbers
+without an error (a row of ones times a matrix of ones: 0.5 instead of 64). `available`
+builds each kernel on a probe matrix and compares it with fp32 (`wrong_results`); the kernel
+timing at first start repeats that on the model's own weights.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +47,18 @@ ROWS_HINT = 8
 """The batch size oneDNN lays fp32 and bf16 weights out for (it accepts any number of rows)."""
 EXACT_ROWS = 16
 """Row counts oneDNN gets as they are (decoding steps of up to 16 sequences)."""
+BATCH_CHECK_ROWS = 8
+"""Rows of the batched input a kernel is checked on."""
+TOLERANCE = {"mkl": 1e-5, "onednn": 1e-4, "bf16": 0.01, "int8": 0.05}
+"""Relative error (norm of the difference over the norm of fp32's result) a kernel may show
+against ``x @ weight.T`` in fp32 on `probe_inputs`: what rounding the weights and inputs
+costs (on the bundled model's weights at most 0.0045 for bf16, 0.033 for int8)."""
+SAME_ARITHMETIC = 2e-3
+"""Relative error a kernel may show against `emulate`, its own rounding of weights, inputs
+and output done in fp32: only the order of the sums remains (at most 7e-5 on the bundled model's
+weights). A saturating int8 kernel is 0.03-0.1 off there (1.9 on the probe matrix), while
+its error against fp32 (0.04-0.11) is close to an honest int8 kernel's (up to 0.033), so
+this is the check that tells them apart."""
 
 
 def _op(namespace: str, name: str, overload: str = "default") -> Any:
@@ -52,6 +72,7 @@ _LINEAR = _op("mkldnn", "_linear_pointwise")
 _REORDER = _op("mkldnn", "_reorder_linear_weight")
 _QLINEAR = _op("onednn", "qlinear_pointwise")
 _QPREPACK = _op("onednn", "qlinear_prepack")
+_BF16_SUPPORTED = _op("mkldnn", "_is_mkldnn_bf16_supported")
 
 
 def _bucketed(rows: torch.Tensor) -> torch.Tensor:
@@ -146,14 +167,80 @@ def quantize_rows(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
+def relative_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    return float((got - want).norm() / want.norm().clamp_min(1e-30))
+
+
+def probe_inputs(in_features: int) -> list[torch.Tensor]:
+    """Inputs a kernel is checked on: one row and a batch of `BATCH_CHECK_ROWS`, each of
+    normal values and of positive ones (which push a saturating int8 sum over its limit)."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = []
+    for rows in (1, BATCH_CHECK_ROWS):
+        inputs.append(torch.randn(rows, in_features, generator=generator))
+        inputs.append(torch.rand(rows, in_features, generator=generator))
+    return inputs
+
+
+def emulate(kernel: str, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """What `kernel` should compute for rows `x`, with its rounding, in plain fp32 ops."""
+    weight = weight.float()
+    if kernel == "bf16":
+        return (x.bfloat16().float() @ weight.bfloat16().float().T).bfloat16().float()
+    if kernel == "int8":
+        q, scale = quantize_rows(weight)
+        peak = torch.linalg.vector_norm(x, float("inf"), dim=1, keepdim=True).clamp_min(1e-12)
+        qx = (x * (127 / peak)).round()
+        out: torch.Tensor = (qx @ q.float().T) * scale.T * (peak / 127)
+        return out
+    return x @ weight.T
+
+
+def wrong_results(layer: nn.Module, weight: torch.Tensor, kernel: str) -> str | None:
+    """Why `layer` (holding `weight` with `kernel`) does not compute what it should on
+    `probe_inputs`, or None when it does (see `TOLERANCE`, `SAME_ARITHMETIC`)."""
+    with torch.inference_mode():
+        for x in probe_inputs(weight.shape[1]):
+            got = layer(x).float()
+            off = relative_error(got, x @ weight.float().T)
+            if off > TOLERANCE.get(kernel, 0.0):
+                return f"relative error {off:.3g} against fp32 (at most {TOLERANCE[kernel]:g})"
+            off = relative_error(got, emulate(kernel, weight, x))
+            if off > SAME_ARITHMETIC:
+                return (f"relative error {off:.3g} against its own rounding done in fp32 "
+                        f"(at most {SAME_ARITHMETIC:g})")
+    return None
+
+
+def _probe_weight() -> torch.Tensor:
+    """Normal values, plus rows of ones: all-positive products are where a 16-bit sum
+    saturates."""
+    weight = torch.randn(64, 256, generator=torch.Generator().manual_seed(1))
+    weight[:8] = 1.0
+    return weight
+
+
+@functools.cache
 def available(kernel: str) -> bool:
-    """Whether this torch build has the ops a kernel needs."""
+    """Whether `kernel` builds, runs and computes what fp32 does on this CPU (checked once
+    per process, on a probe matrix)."""
     if kernel == "mkl":
         return True
     onednn = bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]
     if kernel in ("onednn", "bf16"):
-        return onednn and _LINEAR is not None and _REORDER is not None
-    return onednn and _QLINEAR is not None and _QPREPACK is not None
+        present = onednn and _LINEAR is not None and _REORDER is not None
+    else:
+        present = onednn and _QLINEAR is not None and _QPREPACK is not None
+    if not present:
+        return False
+    if kernel == "bf16" and _BF16_SUPPORTED is not None and not _BF16_SUPPORTED():
+        return False  # oneDNN's own check: AVX-512 BW/VL/DQ or AVX-NE-CONVERT
+    weight = _probe_weight()
+    try:
+        return wrong_results(CpuLinear(weight, None, kernel), weight, kernel) is None
+    except Exception:
+        return False
+
 
 
 class CompactEmbedding(nn.Module):
