@@ -1,19 +1,24 @@
-"""Summaries of any length of transcript, by map-reduce over a small context window.
+"""Summaries of any length of transcript or document, by map-reduce over a small window.
 
-The transcript is cut into chunks that fit; each chunk is summarised, and the partial
-summaries are combined (again in chunks, if there are many) until one summary is left.
+The text is cut into chunks that fit, in order; each chunk is summarised, and the partial
+summaries are combined (again in chunks, if there are many) until one summary is left. Chat
+transcripts (`/summarize`) and shared documents (`bot.core.documents`) differ only in their
+instructions and how a chunk is framed (`SummaryPrompts`).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
 from bot.core.prompting import chunk_lines, fit_text
 from bot.engines.contract import TokenCounter
 from bot.types import Prompt
 
 Complete = Callable[[Prompt], Awaitable[str]]
+PartDone = Callable[[int, int], Awaitable[None]]
+"""Told ``(parts done, parts in all)`` as the first pass reads the text (progress)."""
 
 MAP_INSTRUCTIONS = (
     "You summarise chat transcripts. Write a short, factual summary of the conversation "
@@ -26,26 +31,66 @@ REDUCE_INSTRUCTIONS = (
 )
 
 
+def _unframed(body: str, part: int, parts: int) -> str:
+    return body
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryPrompts:
+    """The instructions of the first pass (`map`) and of combining (`reduce`), and how a
+    chunk is put in the first pass's message (`frame(body, part, parts)`)."""
+
+    map: str
+    reduce: str
+    frame: Callable[[str, int, int], str] = _unframed
+
+
+CHAT = SummaryPrompts(MAP_INSTRUCTIONS, REDUCE_INSTRUCTIONS)
+
+
 def _prompt(instructions: str, body: str) -> Prompt:
     return [{"role": "system", "content": instructions}, {"role": "user", "content": body}]
 
 
 async def summarize_lines(lines: list[str], *, complete: Complete, counter: TokenCounter,
-                          context_tokens: int, reply_tokens: int) -> str:
-    """Summarise transcript lines (``"name: text"``), however many there are.
+                          context_tokens: int, reply_tokens: int,
+                          prompts: SummaryPrompts = CHAT, on_part: PartDone | None = None,
+                          complete_last: Complete | None = None,
+                          concurrency: int = 1) -> str:
+    """Summarise lines (``"name: text"``, or a document's paragraphs), however many.
 
     Args:
         complete: runs one prompt through the model and returns its reply.
         reply_tokens: the reply budget of each model call.
+        on_part: progress of the first pass.
+        complete_last: runs the call whose reply is the summary itself (e.g. streamed to
+            the user); `complete` by default.
+        concurrency: first-pass chunks in flight at once (the engine batches them); their
+            summaries stay in order.
     """
     if not lines:
         raise ValueError("nothing to summarise")
-    room = await asyncio.to_thread(_room, counter, MAP_INSTRUCTIONS, context_tokens,
-                                   reply_tokens)
+    last = complete_last or complete
+    frame_cost = await asyncio.to_thread(counter.count_text, prompts.frame("", 99, 99))
+    room = await asyncio.to_thread(_room, counter, prompts.map, context_tokens,
+                                   reply_tokens + frame_cost)
     chunks = await asyncio.to_thread(chunk_lines, counter, lines, room)
-    summaries = [await complete(_prompt(MAP_INSTRUCTIONS, "\n".join(chunk)))
-                 for chunk in chunks]
-    room = await asyncio.to_thread(_room, counter, REDUCE_INSTRUCTIONS, context_tokens,
+    done = 0
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def first_pass(index: int, chunk: list[str]) -> str:
+        nonlocal done
+        body = prompts.frame("\n".join(chunk), index + 1, len(chunks))
+        run = last if len(chunks) == 1 else complete
+        async with gate:
+            summary = await run(_prompt(prompts.map, body))
+        done += 1
+        if on_part is not None and len(chunks) > 1:
+            await on_part(done, len(chunks))
+        return summary
+
+    summaries = list(await asyncio.gather(*(first_pass(i, c) for i, c in enumerate(chunks))))
+    room = await asyncio.to_thread(_room, counter, prompts.reduce, context_tokens,
                                    reply_tokens)
     while len(summaries) > 1:
         groups = await asyncio.to_thread(chunk_lines, counter, summaries, room)
@@ -53,14 +98,15 @@ async def summarize_lines(lines: list[str], *, complete: Complete, counter: Toke
             groups = [summaries[i:i + 2] for i in range(0, len(summaries), 2)]
             groups = [[await asyncio.to_thread(fit_text, counter, s, room // 2 - 2)
                        for s in group] for group in groups]
-        summaries = [await complete(_prompt(REDUCE_INSTRUCTIONS, "\n\n".join(group)))
+        run = last if len(groups) == 1 else complete
+        summaries = [await run(_prompt(prompts.reduce, "\n\n".join(group)))
                      for group in groups]
     return summaries[0]
 
 
 def _room(counter: TokenCounter, instructions: str, context_tokens: int,
           reply_tokens: int) -> int:
-    """Tokens left for the transcript once instructions and the reply budget are counted."""
+    """Tokens left for the text once instructions and the reply budget are counted."""
     overhead = counter.count_prompt(_prompt(instructions, ""))
     room = context_tokens - reply_tokens - overhead - 8
     if room < 32:
