@@ -65,6 +65,8 @@ def why_not_public(address: IPAddress) -> str | None:
     """Why `address` is not a public internet address, or None when it is."""
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
+    if address.is_unspecified:
+        return "not a public address"
     if address.is_loopback:
         return "a loopback address"
     if address.is_link_local:
@@ -73,7 +75,7 @@ def why_not_public(address: IPAddress) -> str | None:
         return "a private address"
     if address.is_multicast:
         return "a multicast address"
-    if address.is_unspecified or address.is_reserved or not address.is_global:
+    if address.is_reserved or not address.is_global:
         return "not a public address"
     return None
 

@@ -44,6 +44,7 @@ class ReaderProcess:
         self._child: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
         self.restarts = 0
+        """Times the child was killed (a file over the time limit, or a crash)."""
 
     async def __aenter__(self) -> ReaderProcess:
         return self
@@ -66,6 +67,7 @@ class ReaderProcess:
                 log.warning("reading %r took longer than %g s; restarting the reader",
                             name, self.timeout)
                 await self._kill()
+                self.restarts += 1
                 raise ReadError(f"reading it took longer than {self.timeout:g} s") from None
             except (EOFError, ConnectionError, asyncio.IncompleteReadError,
                     pickle.UnpicklingError):
@@ -73,6 +75,7 @@ class ReaderProcess:
                 log.warning("the reader process ended on %r (exit %s); restarting it",
                             name, code)
                 await self._kill()
+                self.restarts += 1
                 raise ReadError("it made the reader fail (too large or damaged?)") from None
         status, value = reply
         if status == "ok":
@@ -87,8 +90,6 @@ class ReaderProcess:
 
     async def _started(self) -> asyncio.subprocess.Process:
         if self._child is None or self._child.returncode is not None:
-            if self._child is not None:
-                self.restarts += 1
             self._child = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "bot.documents.sandbox", str(self.memory_mb),
                 stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE)

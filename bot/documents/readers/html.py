@@ -19,8 +19,11 @@ from bot.types import Section
 _META_CHARSET = re.compile(rb"<meta[^>]+charset=[\"']?([A-Za-z0-9_-]+)", re.IGNORECASE)
 _BLOCKS = frozenset("p li pre blockquote td th dd dt figcaption caption".split())
 _HEADINGS = frozenset("h1 h2 h3 h4 h5 h6".split())
+_CONTAINERS = _BLOCKS | _HEADINGS | frozenset(
+    "div article section main ul ol table tbody tr body".split())
 _SKIP = frozenset("script style noscript nav header footer aside form button svg".split())
-MIN_MAIN_CHARS = 200
+MIN_MAIN_CHARS = 80
+"""Less main text than this and readability has missed the article: read the whole body."""
 
 
 def decode_html(data: bytes) -> str:
@@ -73,13 +76,13 @@ def _sections(root: lxml.html.HtmlElement, title: str) -> list[Section]:
             return
         if tag in _HEADINGS:
             heading = " ".join(element.text_content().split())
-            if heading:
+            if heading and heading != label:
                 flush()
                 label = heading
             return
         if tag in _BLOCKS or (tag == "div" and not any(
-                isinstance(c.tag, str) and c.tag in _BLOCKS | _HEADINGS | {"div"}
-                for c in element.iterchildren())):
+                isinstance(d.tag, str) and d.tag in _CONTAINERS
+                for d in element.iterdescendants())):
             text = " ".join(element.text_content().split())
             if text:
                 body.append(text)
