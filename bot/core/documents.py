@@ -113,10 +113,8 @@ class Reading:
     summary: bool = False
     images: tuple[Image, ...] = ()
     notes: list[str] = field(default_factory=list)
-
-    @property
-    def image_tokens(self) -> int:
-        return IMAGE_TOKENS * len(self.images)
+    image_tokens: int = 0
+    """Prompt tokens kept free for the images."""
 
     def question(self, text: str) -> str:
         """The text to answer; a picture sent alone is described."""
@@ -127,7 +125,7 @@ class Reading:
         if not self.new:
             return text
         names = ", ".join(d.name for d in self.documents)
-        return f"{text}\n[attached: {names}]".strip()
+        return f"[attached: {names}]\n{text}".strip()
 
     def finish(self, answer: str, sources: Sequence[str]) -> str:
         """The reply: a line per unreadable file or skipped image, the answer, sources."""
@@ -165,6 +163,8 @@ class DocumentDesk:
         if shared.images:
             if self.worker.info.vision:
                 reading.images = shared.images
+                each = min(IMAGE_TOKENS, self.worker.info.context_tokens // 4)
+                reading.image_tokens = each * len(shared.images)
             else:
                 names = ", ".join(image.name for image in shared.images)
                 reading.notes.append(f"This model cannot read images, so I skipped {names}.")

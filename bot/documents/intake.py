@@ -38,6 +38,10 @@ class TooLarge(Exception):
     """A download went past the byte cap (raised by `download` functions)."""
 
 
+class DownloadError(Exception):
+    """The platform would not hand over a file; the message says why, for the user."""
+
+
 @dataclass(frozen=True, slots=True)
 class SharedFile:
     """A file a platform message carries: its name, declared size, and how to get it."""
@@ -120,6 +124,8 @@ class Intake:
         except TooLarge:
             return _problem(file.name, f"it is larger than I read ({size_text(self.max_bytes)}"
                             ", ATTACHMENT_MAX_BYTES)")
+        except DownloadError as exc:
+            return _problem(file.name, f"I could not download it: {exc}")
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -1664,7 +1664,11 @@ class FakeFile:
 def add_file_routes(fake: FakeSlack, app: web.Application) -> None:
     fake.files = {}
     fake.file_token = None
-    app.router.add_get("/files-pri/{file_id}/{name}", lambda request: _serve_file(fake, request))
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        return await _serve_file(fake, request)
+
+    app.router.add_get("/files-pri/{file_id}/{name}", serve)
 
 
 def add_file(fake: FakeSlack, name: str, data: bytes, *, mimetype: str = "application/pdf"

@@ -17,14 +17,14 @@ from urllib.parse import urlsplit
 import aiohttp
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.documents.intake import Intake, SharedFile, TooLarge, find_links
+from bot.documents.intake import DownloadError, Intake, SharedFile, TooLarge, find_links
 from bot.platforms.slack.format import slack_to_text
 from bot.types import IncomingMessage, Shared
 
 log = logging.getLogger(__name__)
 
 
-class SlackFileError(Exception):
+class SlackFileError(DownloadError):
     """Slack would not hand over a file."""
 
 
@@ -52,7 +52,7 @@ def files_of(event: Mapping[str, Any], client: AsyncWebClient) -> list[SharedFil
 def _downloader(url: str, name: str, mimetype: str, client: AsyncWebClient) -> Any:
     async def download(max_bytes: int) -> bytes:
         if not url or not _token_host_ok(url, client):
-            raise SlackFileError(f"no Slack download URL for {name}")
+            raise SlackFileError("Slack gave no download link for it")
         headers = {"Authorization": f"Bearer {client.token}"} if client.token else {}
         timeout = aiohttp.ClientTimeout(total=60)
         async with aiohttp.ClientSession(timeout=timeout) as session, \
@@ -61,7 +61,8 @@ def _downloader(url: str, name: str, mimetype: str, client: AsyncWebClient) -> A
                 raise SlackFileError(f"Slack answered {response.status}")
             if response.content_type == "text/html" and "html" not in mimetype:
                 # Slack's sign-in page: the token lacks files:read, or is not sent
-                raise SlackFileError("Slack sent a sign-in page; the app needs files:read")
+                raise SlackFileError("Slack sent its sign-in page instead (the app needs the "
+                                     "files:read scope)")
             data = b""
             async for chunk in response.content.iter_chunked(65536):
                 data += chunk
