@@ -29,8 +29,8 @@ PAGES = (
 def pdf(pages: Sequence[tuple[str, str]] = PAGES, *, password: str | None = None) -> bytes:
     """A PDF with one heading and paragraph per page (a real text layer)."""
     from reportlab.lib.pagesizes import A4
-    from reportlab.lib.styles import getSampleStyleSheet
     from reportlab.lib.pdfencrypt import StandardEncryption
+    from reportlab.lib.styles import getSampleStyleSheet
     from reportlab.platypus import PageBreak, Paragraph, SimpleDocTemplate
 
     styles = getSampleStyleSheet()

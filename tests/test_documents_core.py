@@ -42,10 +42,11 @@ def long_document(pages: int = 12, *, secret_page: int = 7) -> Document:
     return Document("minutes.pdf", "file", "PDF", tuple(sections))
 
 
-def message(text: str, *, shared: Shared = Shared(), message_id: str = "m1",
+def message(text: str, *, shared: Shared | None = None, message_id: str = "m1",
             key: ChannelKey = KEY) -> IncomingMessage:
     return IncomingMessage(key=key, message_id=message_id, author_id="id-ada",
-                           author_name="ada", text=text, is_direct=True, shared=shared)
+                           author_name="ada", text=text, is_direct=True,
+                           shared=shared or Shared())
 
 
 @contextlib.asynccontextmanager
