@@ -237,9 +237,9 @@ class DocumentDesk:
         def frame(body: str, part: int, parts: int) -> str:
             return f'<document name="{name}" part="{part} of {parts}">\n{body}\n</document>'
 
-        async def part_done(done: int, parts: int) -> None:
+        async def part_started(part: int, parts: int) -> None:
             if on_progress is not None:
-                await on_progress(f"_Reading {document.name}: part {done} of {parts}…_")
+                await on_progress(f"_Reading {document.name}: part {part} of {parts}…_")
 
         async def last(prompt: Prompt) -> str:
             return await self._generate(prompt, on_progress)
@@ -250,7 +250,7 @@ class DocumentDesk:
         return await summarize_lines(
             document_lines(document), complete=complete, counter=counter,
             context_tokens=context_tokens, reply_tokens=reply,
-            prompts=SummaryPrompts(MAP, REDUCE, frame), on_part=part_done, complete_last=last,
+            prompts=SummaryPrompts(MAP, REDUCE, frame), on_part=part_started, complete_last=last,
             concurrency=max(1, min(4, self.settings.max_queue // 4)))
 
     async def _generate(self, prompt: Prompt, on_progress: Progress | None) -> str:

@@ -18,7 +18,7 @@ from bot.types import Prompt
 
 Complete = Callable[[Prompt], Awaitable[str]]
 PartDone = Callable[[int, int], Awaitable[None]]
-"""Told ``(parts done, parts in all)`` as the first pass reads the text (progress)."""
+"""Told ``(part, parts in all)`` as the first pass starts reading each part (progress)."""
 
 MAP_INSTRUCTIONS = (
     "You summarise chat transcripts. Write a short, factual summary of the conversation "
@@ -62,7 +62,7 @@ async def summarize_lines(lines: list[str], *, complete: Complete, counter: Toke
     Args:
         complete: runs one prompt through the model and returns its reply.
         reply_tokens: the reply budget of each model call.
-        on_part: progress of the first pass.
+        on_part: progress of the first pass (called as each part starts).
         complete_last: runs the call whose reply is the summary itself (e.g. streamed to
             the user); `complete` by default.
         concurrency: first-pass chunks in flight at once (the engine batches them); their
@@ -75,19 +75,15 @@ async def summarize_lines(lines: list[str], *, complete: Complete, counter: Toke
     room = await asyncio.to_thread(_room, counter, prompts.map, context_tokens,
                                    reply_tokens + frame_cost)
     chunks = await asyncio.to_thread(chunk_lines, counter, lines, room)
-    done = 0
     gate = asyncio.Semaphore(max(1, concurrency))
 
     async def first_pass(index: int, chunk: list[str]) -> str:
-        nonlocal done
         body = prompts.frame("\n".join(chunk), index + 1, len(chunks))
         run = last if len(chunks) == 1 else complete
         async with gate:
-            summary = await run(_prompt(prompts.map, body))
-        done += 1
-        if on_part is not None and len(chunks) > 1:
-            await on_part(done, len(chunks))
-        return summary
+            if on_part is not None and len(chunks) > 1:
+                await on_part(index + 1, len(chunks))
+            return await run(_prompt(prompts.map, body))
 
     summaries = list(await asyncio.gather(*(first_pass(i, c) for i, c in enumerate(chunks))))
     room = await asyncio.to_thread(_room, counter, prompts.reduce, context_tokens,
