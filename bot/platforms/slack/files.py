@@ -83,6 +83,14 @@ async def _thread_root(client: AsyncWebClient, channel: str, thread: str) -> Map
     return messages[0] if messages and isinstance(messages[0], Mapping) else {}
 
 
+async def shared_from_message(message: Mapping[str, Any], client: AsyncWebClient,
+                              intake: Intake) -> Shared:
+    """What one Slack message (an event, or a shortcut's ``message``) shares: its files and
+    the links in its text. The hook for message shortcuts, too."""
+    return await intake.message(files_of(message, client),
+                                slack_to_text(str(message.get("text") or ""), {}))
+
+
 async def shared_for(msg: IncomingMessage, client: AsyncWebClient, intake: Intake) -> Shared:
     """What `msg` shares (its event is `msg.raw`), or its thread root's when it has nothing."""
     event = msg.raw if isinstance(msg.raw, Mapping) else {}
@@ -90,5 +98,4 @@ async def shared_for(msg: IncomingMessage, client: AsyncWebClient, intake: Intak
     if files or find_links(msg.text) or not msg.key.thread_id or not msg.addressed:
         return await intake.message(files, msg.text)
     root = await _thread_root(client, msg.key.channel_id, msg.key.thread_id)
-    return await intake.message(files_of(root, client),
-                                slack_to_text(str(root.get("text") or ""), {}))
+    return await shared_from_message(root, client, intake)
