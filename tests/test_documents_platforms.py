@@ -93,12 +93,14 @@ async def test_discord_mention_with_files_reads_each_and_says_which_failed(
         await discord.send_user_message(
             channel(discord), alice(discord), f"{discord.bot_user.mention} What grew?",
             attachments=[("report.pdf", files.pdf()), ("secret.pdf", files.pdf(password="x")),
-                         ("notes.docx", files.docx())])
+                         ("notes.docx", files.docx()), ("photo.png", files.png())])
         text = await discord_reply(discord, "Sources:")
-    assert text.splitlines()[0] == "I couldn't read secret.pdf: it is password-protected."
+    assert text.splitlines()[:2] == [
+        "I couldn't read secret.pdf: it is password-protected.",
+        "This model cannot read images, so I skipped photo.png."]
     assert "echo: What grew?" in text
     assert text.endswith("Sources: report.pdf, notes.docx")
-    assert len(discord.attachment_fetches) == 3  # downloaded from the fake CDN
+    assert len(discord.attachment_fetches) == 4  # downloaded from the fake CDN
     stored = await history.documents(ChannelKey("discord", str(channel(discord).id)))
     assert [d.name for d in stored] == ["report.pdf", "notes.docx"]
 
