@@ -58,6 +58,7 @@ MAP = "You summarise part of a long document. " + DOCUMENT_NOTE
 MAP_ASK = "Write a short summary of this part."
 REDUCE = ("You combine partial summaries of one long document, given in order, into a single "
           "short summary. Keep the main points and conclusions.")
+REDUCE_ASK = "Combine these partial summaries into one short summary of the whole document."
 
 
 def is_summary_request(text: str) -> bool:
@@ -254,7 +255,8 @@ class DocumentDesk:
         return await summarize_lines(
             document_lines(document), complete=complete, counter=counter,
             context_tokens=context_tokens, reply_tokens=reply,
-            prompts=SummaryPrompts(MAP, REDUCE, frame), on_part=part_started, complete_last=last,
+            prompts=SummaryPrompts(MAP, REDUCE, frame, REDUCE_ASK), on_part=part_started,
+            complete_last=last,
             concurrency=max(1, min(4, self.settings.max_queue // 4)))
 
     async def _generate(self, prompt: Prompt, on_progress: Progress | None) -> str:

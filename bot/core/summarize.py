@@ -43,6 +43,9 @@ class SummaryPrompts:
     map: str
     reduce: str
     frame: Callable[[str, int, int], str] = _unframed
+    reduce_ask: str = ""
+    """Said after the partial summaries when combining them (small models otherwise often
+    answer the summaries instead of combining them)."""
 
 
 CHAT = SummaryPrompts(MAP_INSTRUCTIONS, REDUCE_INSTRUCTIONS)
@@ -86,8 +89,8 @@ async def summarize_lines(lines: list[str], *, complete: Complete, counter: Toke
             return await run(_prompt(prompts.map, body))
 
     summaries = list(await asyncio.gather(*(first_pass(i, c) for i, c in enumerate(chunks))))
-    room = await asyncio.to_thread(_room, counter, prompts.reduce, context_tokens,
-                                   reply_tokens)
+    room = await asyncio.to_thread(_room, counter, f"{prompts.reduce} {prompts.reduce_ask}",
+                                   context_tokens, reply_tokens)
     while len(summaries) > 1:
         groups = await asyncio.to_thread(chunk_lines, counter, summaries, room)
         if len(groups) == len(summaries):  # no progress: each summary fills a chunk alone
@@ -95,7 +98,8 @@ async def summarize_lines(lines: list[str], *, complete: Complete, counter: Toke
             groups = [[await asyncio.to_thread(fit_text, counter, s, room // 2 - 2)
                        for s in group] for group in groups]
         run = last if len(groups) == 1 else complete
-        summaries = [await run(_prompt(prompts.reduce, "\n\n".join(group)))
+        ask = f"\n\n{prompts.reduce_ask}" if prompts.reduce_ask else ""
+        summaries = [await run(_prompt(prompts.reduce, "\n\n".join(group) + ask))
                      for group in groups]
     return summaries[0]
 
