@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, TextIO
 from bot.config import Settings, redact_url
 from bot.core.conversation import ConversationCore
 from bot.core.personas import load_personas
+from bot.documents.intake import Intake
 from bot.engines.contract import Backend
 from bot.engines.local.model_source import ModelSource
 from bot.engines.service import ManagedEngine
@@ -61,17 +62,18 @@ def remote_engine(settings: Settings) -> ManagedEngine:
         timeout=settings.generation_timeout, context_tokens=settings.context_tokens))
 
 
-def platform_adapters(core: ConversationCore, settings: Settings) -> list[Adapter]:
+def platform_adapters(core: ConversationCore, settings: Settings,
+                      intake: Intake | None = None) -> list[Adapter]:
     """One adapter per platform that has a token; SDKs are imported only when used."""
     adapters: list[Adapter] = []
     if settings.discord_token:
         from bot.platforms.discord.adapter import DiscordAdapter
 
-        adapters.append(DiscordAdapter(core, settings))
+        adapters.append(DiscordAdapter(core, settings, intake=intake))
     if settings.slack_bot_token:
         from bot.platforms.slack.app import SlackAdapter
 
-        adapters.append(SlackAdapter(core, settings))
+        adapters.append(SlackAdapter(core, settings, intake=intake))
     return adapters
 
 
@@ -124,11 +126,14 @@ async def run_bot(settings: Settings, make_backend: Callable[[], Backend] | None
                 stack.callback(retention.cancel)
             core = ConversationCore(worker=worker, history=history, settings=settings,
                                     personas=personas, knowledge=knowledge)
+            # One reader process and link fetcher for every adapter (files and links).
+            intake = await stack.enter_async_context(Intake.from_settings(settings))
             adapters: list[Adapter]
             if console or not settings.platforms:
-                adapters = [ConsoleAdapter(core, stdin=stdin, stdout=stdout, channel=channel)]
+                adapters = [ConsoleAdapter(core, stdin=stdin, stdout=stdout, channel=channel,
+                                           intake=intake)]
             else:
-                adapters = platform_adapters(core, settings)
+                adapters = platform_adapters(core, settings, intake)
             if settings.ops_port:
                 await stack.enter_async_context(
                     OpsServer(core, adapters, host=settings.ops_host, port=settings.ops_port))

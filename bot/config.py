@@ -7,6 +7,8 @@ prints as one line and exits with status 2.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -80,6 +82,11 @@ class Settings:
     database_pool_size: int = 10
     discord_shard_count: int | None = None
     discord_shard_ids: tuple[int, ...] | None = None
+    # shared files and links (issue #17)
+    attachment_max_bytes: int = 20_000_000
+    document_max_chars: int = 500_000
+    fetch_links: bool = True
+    links_allow_hosts: tuple[str, ...] = ()
 
     @property
     def system_prompt_text(self) -> str:
@@ -178,7 +185,7 @@ class Settings:
                                              or settings.slack_signing_secret):
             raise ConfigError("SLACK_SIGNING_SECRET", "the signing secret for HTTP mode "
                               "(or set SLACK_APP_TOKEN for Socket Mode)")
-        return replace(settings, **_scaling_settings(reader))
+        return replace(settings, **_scaling_settings(reader), **_document_settings(reader))
 
 
 def redact_url(url: str) -> str:
@@ -226,6 +233,24 @@ def _scaling_settings(reader: _Reader) -> dict[str, Any]:
     }
 
 
+def _document_settings(reader: _Reader) -> dict[str, Any]:
+    """ATTACHMENT_MAX_BYTES, DOCUMENT_MAX_CHARS, FETCH_LINKS, LINKS_ALLOW_HOSTS (issue #17)."""
+    d = Settings()
+    return {
+        "attachment_max_bytes": reader.number("ATTACHMENT_MAX_BYTES", int,
+                                              d.attachment_max_bytes, low=1000,
+                                              high=2_000_000_000),
+        "document_max_chars": reader.number("DOCUMENT_MAX_CHARS", int, d.document_max_chars,
+                                            low=1000, high=50_000_000),
+        "fetch_links": reader.on_off("FETCH_LINKS", d.fetch_links),
+        "links_allow_hosts": reader.host_list("LINKS_ALLOW_HOSTS"),
+    }
+
+
+_HOST_NAME = re.compile(r"^(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)"
+                        r"(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)*\.?$")
+
+
 class _Reader:
     """Parses one variable at a time, so each error names its variable."""
 
@@ -243,6 +268,36 @@ class _Reader:
 
     def optional(self, name: str) -> str | None:
         return self._raw(name)
+
+    def on_off(self, name: str, default: bool) -> bool:
+        raw = self._raw(name)
+        if raw is None:
+            return default
+        if raw.lower() in ("on", "yes", "true", "1"):
+            return True
+        if raw.lower() in ("off", "no", "false", "0"):
+            return False
+        raise ConfigError(name, "on or off", raw)
+
+    def host_list(self, name: str) -> tuple[str, ...]:
+        """Host names and IP addresses or CIDR ranges, comma-separated."""
+        raw = self._raw(name)
+        if raw is None:
+            return ()
+        entries = []
+        for part in raw.split(","):
+            entry = part.strip().lower()
+            if not entry:
+                continue
+            try:
+                ipaddress.ip_network(entry.strip("[]"), strict=False)
+            except ValueError:
+                if not _HOST_NAME.match(entry):
+                    raise ConfigError(name, "host names or CIDR ranges, comma-separated "
+                                      "(e.g. intranet.example.com,10.0.0.0/8)", part.strip()
+                                      ) from None
+            entries.append(entry)
+        return tuple(entries)
 
     def snowflake(self, name: str) -> str | None:
         raw = self._raw(name)
@@ -295,7 +350,7 @@ class _Reader:
 
 def _describe_bounds(low: float | None, high: float | None) -> str:
     def fmt(x: float) -> str:
-        return f"{x:g}"
+        return str(int(x)) if float(x).is_integer() else f"{x:g}"
     if low is not None and high is not None:
         return f" between {fmt(low)} and {fmt(high)}"
     if low is not None:

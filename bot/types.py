@@ -45,6 +45,7 @@ class IncomingMessage:
         is_direct: a direct message, where the author owns the conversation.
         in_bot_thread: the adapter knows the message is in a thread the bot started or
             answers in (the core also counts threads where it has spoken before).
+        shared: the documents, images and unreadable files the message carries.
     """
 
     key: ChannelKey
@@ -59,6 +60,8 @@ class IncomingMessage:
     is_direct: bool = False
     in_bot_thread: bool = False
     raw: object = field(default=None, repr=False, compare=False)
+    shared: Shared = field(default_factory=lambda: Shared())
+    """Files and links the message shares, already read by the adapter (`bot.documents`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,3 +81,71 @@ class Turn:
     role: Role
     author: str
     text: str
+
+
+# -- what people share (issue #17): read by `bot.documents`, used by `bot.core.documents` --
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    """A part of a document that an answer can name: a PDF page, a heading's part, lines."""
+
+    label: str
+    """How the part is named in a source line ("page 3", "Refunds", "lines 1-80"); ''
+    when the document has no parts worth naming."""
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """The text of one shared file or link, as its reader extracted it.
+
+    Attributes:
+        name: the file name, or the link as written.
+        source: ``"file"`` (an attachment or a console ``/attach``) or ``"link"``.
+        kind: what the bytes turned out to be ("PDF", "DOCX", "HTML", "text", "CSV", ...).
+        sections: the text in document order.
+        note: said with the answer, e.g. that the text was cut at DOCUMENT_MAX_CHARS.
+    """
+
+    name: str
+    source: Literal["file", "link"]
+    kind: str
+    sections: tuple[Section, ...]
+    note: str = ""
+
+    @property
+    def text(self) -> str:
+        return "\n\n".join(section.text for section in self.sections)
+
+
+@dataclass(frozen=True, slots=True)
+class Image:
+    """A shared picture, for an engine whose model can see."""
+
+    name: str
+    mime: str
+    data: bytes = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Unreadable:
+    """A shared file or link that could not be read, and why (one line for the user)."""
+
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Shared:
+    """Everything a message shares, read; empty for most messages."""
+
+    documents: tuple[Document, ...] = ()
+    images: tuple[Image, ...] = ()
+    problems: tuple[Unreadable, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.documents or self.images or self.problems)
+
+    def __add__(self, other: Shared) -> Shared:
+        return Shared(self.documents + other.documents, self.images + other.images,
+                      self.problems + other.problems)

@@ -170,3 +170,28 @@ def test_compose_file_sets_only_known_settings() -> None:
         assert service["environment"]["DATABASE_URL"].startswith("postgresql://")
         Settings.from_env(service["environment"])  # parses
     assert sorted(s["environment"]["DISCORD_SHARD_IDS"] for s in bots) == ["0", "1"]
+
+
+def test_document_settings_have_defaults_and_are_parsed() -> None:
+    defaults = Settings.from_env({})
+    assert (defaults.attachment_max_bytes, defaults.document_max_chars, defaults.fetch_links,
+            defaults.links_allow_hosts) == (20_000_000, 500_000, True, ())
+    parsed = Settings.from_env({"ATTACHMENT_MAX_BYTES": "5000000", "DOCUMENT_MAX_CHARS": "9000",
+                                "FETCH_LINKS": "off",
+                                "LINKS_ALLOW_HOSTS": "wiki.intranet.example, 10.0.0.0/8,[::1]"})
+    assert parsed.attachment_max_bytes == 5_000_000 and parsed.document_max_chars == 9000
+    assert parsed.fetch_links is False
+    assert parsed.links_allow_hosts == ("wiki.intranet.example", "10.0.0.0/8", "[::1]")
+
+
+@pytest.mark.parametrize(("name", "value", "expected"), [
+    ("ATTACHMENT_MAX_BYTES", "20MB", "a whole number between 1000 and 2000000000"),
+    ("DOCUMENT_MAX_CHARS", "10", "a whole number between 1000 and 50000000"),
+    ("FETCH_LINKS", "sometimes", "on or off"),
+    ("LINKS_ALLOW_HOSTS", "intranet, not a host", "host names or CIDR ranges"),
+    ("LINKS_ALLOW_HOSTS", "10.0.0.0/33", "host names or CIDR ranges"),
+])
+def test_bad_document_settings_name_the_variable(name: str, value: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env({name: value})
+    assert str(error.value).startswith(f"{name}: expected {expected}")

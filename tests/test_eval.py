@@ -57,6 +57,9 @@ def test_the_data_sets_are_well_formed() -> None:
     assert len(summaries) == 10 and all(len(s["messages"]) >= 8 for s in summaries)
     knowledge = load("knowledge.jsonl", 0)
     assert sum(k["answered"] for k in knowledge) == sum(not k["answered"] for k in knowledge)
+    documents = load("documents.json", 0)
+    assert len(documents) == 4 and all(
+        d["source"] and d["text"] and d["summary"] and d["questions"] for d in documents)
 
 
 async def test_every_set_runs_through_the_core_on_the_echo_backend(settings: Settings) -> None:
@@ -64,7 +67,10 @@ async def test_every_set_runs_through_the_core_on_the_echo_backend(settings: Set
     async with ModelWorker(lambda: backend, max_pending=100) as worker:
         results = await evaluate(worker, settings, Options(limit=2, knowledge_dir=KNOWLEDGE))
     scores = results.scores
-    assert set(scores) == {"factual", "long", "knowledge", "summaries", "languages"}
+    assert set(scores) == {"factual", "long", "knowledge", "summaries", "languages",
+                           "documents"}
+    assert scores["documents"]["items"] == 2 + 4 + 3  # two texts: summaries and questions
+    assert scores["documents"]["contains_bot"] == 0.0  # the echo repeats the question
     assert scores["factual"]["items"] == 2 and scores["knowledge"]["items"] == 4
     # The echo repeats the question: no factual answer, and never backed by the passages.
     assert scores["factual"]["contains_bot"] == 0.0
@@ -75,6 +81,10 @@ async def test_every_set_runs_through_the_core_on_the_echo_backend(settings: Set
     text = table(results.to_json())
     assert "| factual | answer in reply | 2 | 0.00 |" in text
     assert "| summaries | ROUGE-L F1 | 2 |" in text
+    assert "| documents | summaries: ROUGE-L F1 | 9 |" in text
+    shared = [p for p in backend.prompts if "<document name=\"gettysburg-address.txt\">"
+              in p[-1]["content"]]
+    assert shared  # the text reached the model as a shared document
 
 
 @pytest.mark.slow

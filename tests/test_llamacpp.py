@@ -77,6 +77,7 @@ async def test_discovery_counts_and_a_cancel_frees_the_slot(llama: LlamaServer) 
     async with RemoteEngine(engine_config(llama)) as engine:
         assert engine.running and engine.info.name == "SmolLM2-135M-Instruct"
         assert engine.info.context_tokens == 2048  # 4096 split over 2 slots (/v1/models)
+        assert engine.info.vision is False  # /props says the text-only model cannot see
         prompt = [{"role": "system", "content": "You are a helpful assistant."},
                   {"role": "user", "content": "What is the capital of France?"}]
         counted = await asyncio.to_thread(engine.token_counter.count_prompt, prompt)

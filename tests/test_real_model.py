@@ -133,3 +133,52 @@ async def test_support_channel_answers_from_the_sample_knowledge_base(
     assert reply is not None
     assert "45" in reply.text  # only the sample knowledge base says 45 days
     assert "Sources: brightbird-faq.md" in reply.text
+
+
+# -- shared documents (issue #17) -------------------------------------------------------
+
+def shares(text: str, data: bytes, name: str, message_id: str = "d1") -> IncomingMessage:
+    from bot.documents.readers import read_bytes
+    from bot.types import Document, Shared
+
+    document = read_bytes(data, name)
+    assert isinstance(document, Document)
+    return IncomingMessage(key=KEY, message_id=message_id, author_id="u1", author_name="ada",
+                           text=text, shared=Shared(documents=(document,)))
+
+
+async def test_a_pdf_summary_says_what_the_pdf_says(real_core: ConversationCore) -> None:
+    from tests import document_files as files
+
+    reply = await real_core.handle(shares("", files.pdf(), "report.pdf"))
+    assert reply is not None and reply.text.endswith("Sources: report.pdf")
+    said = reply.text.lower()
+    assert sum(word in said for word in ("brightbird", "feeder", "porto", "refund",
+                                         "42,000", "18")) >= 2, reply.text
+
+
+async def test_a_question_is_answered_from_the_pdf(real_core: ConversationCore) -> None:
+    from tests import document_files as files
+
+    reply = await real_core.handle(shares("Where will the second factory open?",
+                                          files.pdf(), "report.pdf"))
+    assert reply is not None and "Porto" in reply.text
+
+
+def test_console_attach_prints_a_summary_of_the_pdf(model_cache: Path, tmp_path: Path) -> None:
+    from tests import document_files as files
+
+    (tmp_path / "report.pdf").write_bytes(files.pdf())
+    env = {**os.environ, "MODEL_CACHE_DIR": str(model_cache), "TEMPERATURE": "0",
+           "HISTORY_DB": str(tmp_path / "h.sqlite3")}
+    env.pop("DISCORD_TOKEN", None)
+    env.pop("SLACK_BOT_TOKEN", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "bot", "console", "--env-file", str(tmp_path / "none.env")],
+        input="/attach report.pdf\nSummarise this.\n", capture_output=True, text=True,
+        cwd=tmp_path, env={**env, "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Attached report.pdf (PDF, 3 pages" in result.stderr
+    said = result.stdout.lower()
+    assert "brightbird" in said or "feeder" in said, result.stdout
+    assert result.stdout.strip().endswith("Sources: report.pdf")

@@ -306,7 +306,8 @@ async def serving(settings: Settings, model: Path, discord_fake: FakeDiscord,
     """`run_bot` serving both platforms against the fakes, until the block ends."""
     made: dict[str, Any] = {}
 
-    def adapters(core: ConversationCore, settings: Settings) -> list[Adapter]:
+    def adapters(core: ConversationCore, settings: Settings,
+                 intake: object = None) -> list[Adapter]:
         discord = DiscordAdapter(core, settings)
         discord.client._connection.guild_ready_timeout = 0.05
         slack = SlackAdapter(core, settings, host="127.0.0.1", client=AsyncWebClient(

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from bot.storage.interface import ChannelSettings, HistoryStore
+from bot.storage.interface import MAX_DOCUMENTS, ChannelSettings, HistoryStore
 from bot.storage.postgres import PostgresHistoryStore
 from bot.storage.sqlite import SQLiteHistoryStore
-from bot.types import ChannelKey, Turn
+from bot.types import ChannelKey, Document, Section, Turn
 
 CHANNEL = ChannelKey("discord", "c1")
 THREAD = ChannelKey("discord", "c1", "t1")
@@ -201,3 +201,70 @@ async def test_channel_lock_can_be_taken_again_after_use(store: HistoryStore) ->
     async with store.channel_lock(CHANNEL):  # an exception inside released it
         pass
     assert await store.count(CHANNEL) == 3
+
+
+# -- shared documents (issue #17) ------------------------------------------------------
+
+def doc(name: str, text: str = "Refunds within 45 days.") -> Document:
+    return Document(name, "file", "PDF", (Section("page 1", text), Section("page 2", "More.")))
+
+
+async def test_documents_are_kept_with_their_conversation(open_store: StoreFactory) -> None:
+    link = Document("https://x.example/a", "link", "HTML", (Section("", "Lighthouse\x00"),),
+                    note="it is long")
+    async with open_store() as store:
+        await store.add_document(CHANNEL, doc("report.pdf"), message_id="m1")
+        await store.add_document(CHANNEL, link, message_id="m2")
+        await store.add_document(THREAD, doc("other.pdf"))
+    async with open_store() as store:  # after a restart, as follow-ups need them
+        found = await store.documents(CHANNEL)
+        assert [d.name for d in found] == ["report.pdf", "https://x.example/a"]
+        assert found[0] == doc("report.pdf")
+        assert found[1].source == "link" and found[1].note == "it is long"
+        assert found[1].sections[0].text.startswith("Lighthouse")
+        assert [d.name for d in await store.documents(CHANNEL, limit=1)] == [
+            "https://x.example/a"]
+        assert [d.name for d in await store.documents(THREAD)] == ["other.pdf"]
+        assert await store.documents(OTHER) == []
+
+
+async def test_documents_are_bounded_per_conversation(store: HistoryStore) -> None:
+    for n in range(MAX_DOCUMENTS + 3):
+        await store.add_document(CHANNEL, doc(f"d{n}.pdf"))
+    names = [d.name for d in await store.documents(CHANNEL, limit=100)]
+    assert names == [f"d{n}.pdf" for n in range(3, MAX_DOCUMENTS + 3)]
+
+
+async def test_documents_are_erased_like_turns(open_store: StoreFactory) -> None:
+    now = [1_000_000.0]
+    async with open_store(clock=lambda: now[0]) as store:
+        await store.add_document(CHANNEL, doc("a.pdf"), message_id="m1")
+        await store.add_document(CHANNEL, doc("b.pdf"), message_id="m2")
+        await store.add_document(THREAD, doc("c.pdf"))
+        await store.add_document(OTHER, doc("d.pdf"))
+        await store.delete_message(CHANNEL, "m1")  # the user deleted the message
+        assert [d.name for d in await store.documents(CHANNEL)] == ["b.pdf"]
+        await store.reset(CHANNEL)  # /reset: this conversation only
+        assert await store.documents(CHANNEL) == []
+        assert [d.name for d in await store.documents(THREAD)] == ["c.pdf"]
+        await store.forget_channel(CHANNEL)  # /forget: the channel and its threads
+        assert await store.documents(THREAD) == []
+        now[0] += 10 * DAY
+        await store.add_document(OTHER, doc("e.pdf"))
+        await store.prune(5)  # retention
+        assert [d.name for d in await store.documents(OTHER)] == ["e.pdf"]
+
+
+async def test_a_store_from_before_documents_gains_their_table(open_store: StoreFactory,
+                                                               tmp_path: Path) -> None:
+    async with open_store() as store:
+        await store.add(CHANNEL, Turn("user", "ada", "from the old version"))
+        if isinstance(store, SQLiteHistoryStore):
+            await store._run(lambda: store._conn().execute("DROP TABLE documents"))
+        else:
+            assert isinstance(store, PostgresHistoryStore)
+            await store._rowcount("DROP TABLE documents", ())
+    async with open_store() as store:  # the next start creates it; nothing else changes
+        await store.add_document(CHANNEL, doc("new.pdf"))
+        assert [d.name for d in await store.documents(CHANNEL)] == ["new.pdf"]
+        assert await texts(store, CHANNEL) == ["from the old version"]

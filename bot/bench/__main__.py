@@ -48,6 +48,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="instead: the bot on its in-process engine, the bot on a real "
                              "llama.cpp server (xllamacpp), and that server called directly, "
                              "at 1 and 8 requests at once (bench-results/engines.json)")
+    parser.add_argument("--documents", action="store_true",
+                        help="instead: summarise a 100-page PDF in-process and on a llama.cpp "
+                             "server (bench-results/documents.json)")
     parser.add_argument("--server-threads", type=int, default=min(2, os.cpu_count() or 1),
                         help="llama.cpp threads for --engines (1 is faster on a busy machine)")
     parser.add_argument("--skip-modes", action="store_true",
@@ -74,6 +77,25 @@ def engines_main(args: argparse.Namespace) -> int:
     print(engines.table(results))
     out = args.out if args.out != Path("bench-results/bench.json") else Path(
         "bench-results/engines.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"\nWrote {out}", file=sys.stderr)
+    return 0
+
+
+def documents_main(args: argparse.Namespace) -> int:
+    """``--documents``: issue #17's 100-page PDF summary, its own table and JSON file."""
+    from bot.bench import documents
+
+    results: dict[str, Any] = {"command": "python -m bot.bench " + " ".join(sys.argv[1:]),
+                               "cpu": machine()["cpu"], "cores": os.cpu_count(),
+                               "load_average_start": load_average()}
+    results.update(asyncio.run(documents.compare(threads=args.server_threads,
+                                                 pages=10 if args.quick else 100)))
+    results["load_average_end"] = load_average()
+    print(documents.table(results))
+    out = args.out if args.out != Path("bench-results/bench.json") else Path(
+        "bench-results/documents.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(f"\nWrote {out}", file=sys.stderr)
@@ -175,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     if args.engines:
         return engines_main(args)
+    if args.documents:
+        return documents_main(args)
     results = asyncio.run(run(args))
     print(report.table(results))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from bot.core.commands import (
     QueueCallback,
     TranscriptFetcher,
 )
+from bot.core.documents import DocumentDesk
 from bot.core.grounding import Evidence
 from bot.core.inflight import InFlight, Stale
 from bot.core.personas import DEFAULT_PERSONA, Persona, load_personas
@@ -110,6 +111,8 @@ class ConversationCore:
         # transcript's words, which a summary should reuse (ROUGE-L 0.37 without, 0.33 with).
         self.sampling = SamplingParams(max_new_tokens=settings.max_new_tokens,
                                        temperature=settings.temperature, top_p=settings.top_p)
+        self.documents = DocumentDesk(worker=worker, history=history, settings=settings,
+                                      sampling=self.sampling, locks=self._locks)
 
     async def handle(self, msg: IncomingMessage, *, on_progress: ProgressCallback | None = None,
                      fetch_transcript: TranscriptFetcher | None = None,
@@ -236,10 +239,15 @@ class ConversationCore:
     async def chat(self, msg: IncomingMessage, text: str, *,
                    on_progress: ProgressCallback | None = None,
                    on_queued: QueueCallback | None = None) -> str:
-        """Answer `text` from `msg`'s author with the channel's history as context."""
+        """Answer `text` from `msg`'s author with the channel's history as context (and
+        the documents it shares or the conversation holds: `core.documents`)."""
         text = clean_text(text)
+        reading = await self.documents.prepare(msg, text)
+        if reading.summary:
+            return await self.documents.summarise(msg, text, reading, on_progress=on_progress)
+        text = reading.question(text)
         if not text:
-            return EMPTY_PROMPT_HINT
+            return reading.finish("", []) or EMPTY_PROMPT_HINT
         limit = self.settings.max_input_chars
         if len(text) > limit:
             raise UserError(f"That message is too long for me ({len(text):,} characters); "
@@ -261,22 +269,25 @@ class ConversationCore:
             evidence = [Evidence(p.path, f"{p.heading}\n{p.text}") for p in passages
                         if p.path in sources]
             on_progress = None  # an answer the passages may not back is never shown early
+        reference, sources, system = await self.documents.context(
+            reading, text, system=system, reference=reference, sources=sources,
+            context_tokens=context_tokens, reply_tokens=sampling.max_new_tokens)
         self.inflight.arrived(msg)
         order = self.claims.order_of(msg.key, msg.message_id)
         await self.claims.after_earlier(msg.key, order)
         async with self._locks[msg.key], self.history.channel_lock(msg.key, order=order):
             self.inflight.check(msg)
             turns = await self.history.recent(msg.key)
-            user_turn = Turn("user", msg.author_name, text)
+            user_turn = Turn("user", msg.author_name, reading.turn_text(text))
             prompt, start = await asyncio.to_thread(
                 self._prompts.build, self.worker.token_counter,
                 self._prompts.window(msg.key, turns), system=system, message=user_turn,
-                context_tokens=context_tokens, reply_tokens=sampling.max_new_tokens,
-                reference=reference)
+                context_tokens=context_tokens,
+                reply_tokens=sampling.max_new_tokens + reading.image_tokens, reference=reference)
             self._prompts.remember(msg.key, start)
             ahead = self.worker.queue_depth
             request = GenerationRequest(prompt, sampling, cache_key=str(msg.key),
-                                        model=channel.model)
+                                        model=channel.model, images=reading.images)
             pending = (msg.key, msg.message_id)
             self.inflight[pending] = self.worker.submit(request)
             try:
@@ -305,9 +316,7 @@ class ConversationCore:
                 self.inflight.done(pending)
             await self.history.add(msg.key, Turn("assistant", self.settings.bot_name, answer))
             self.inflight.answered(msg)
-        if sources:
-            answer += "\n\nSources: " + ", ".join(sources)
-        return answer
+        return reading.finish(answer, sources)
 
     async def complete(self, prompt: Prompt) -> str:
         """Run one prompt through the model without touching history (summaries); a loop at

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from bot.types import Prompt
+from bot.types import Image, Prompt
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +39,9 @@ class GenerationRequest:
     """The conversation this prompt continues (a channel), so its cached prompt is reused."""
     model: str | None = None
     """A served model chosen for this channel (remote engines; None: the engine's default)."""
+    images: tuple[Image, ...] = ()
+    """Pictures for the newest message, sent only to an engine whose `ModelInfo.vision` is
+    true (the remote engine adds them as OpenAI ``image_url`` parts)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,9 @@ class ModelInfo:
     device: str
     dtype: str
     context_tokens: int
+    vision: bool = False
+    """The model can read images: only when its server says so (llama.cpp ``/props``
+    ``modalities``, Ollama ``/api/show`` ``capabilities``), never guessed from a name."""
 
 
 class TokenCounter(Protocol):

@@ -17,6 +17,9 @@ ROWS = [
     ("summaries", "degenerate", "degenerate replies"),
     ("languages", "same_script", "answered in the question's script"),
     ("languages", "contains", "answer in reply"),
+    ("documents", "contains", "questions: answer in reply"),
+    ("documents", "rougeL", "summaries: ROUGE-L F1"),
+    ("documents", "degenerate", "degenerate replies"),
 ]
 COLUMNS = ("bot", "plain", "lead")
 

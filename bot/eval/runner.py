@@ -18,7 +18,7 @@ from bot.core.personas import load_personas
 from bot.core.prompting import knowledge_block
 from bot.engines.contract import GenerationRequest, SamplingParams
 from bot.engines.service import GenerationService
-from bot.eval import scoring
+from bot.eval import documents_set, scoring
 from bot.storage.interface import ChannelSettings, HistoryStore
 from bot.storage.knowledge import KnowledgeBase
 from bot.storage.sqlite import SQLiteHistoryStore
@@ -40,7 +40,8 @@ class Options:
     """What to run: `limit` items of each set (0: all), and which sets."""
 
     limit: int = 0
-    sets: tuple[str, ...] = ("factual", "long", "knowledge", "summaries", "languages")
+    sets: tuple[str, ...] = ("factual", "long", "knowledge", "summaries", "languages",
+                             "documents")
     knowledge_dir: Path = Path("examples/knowledge")
     concurrency: int = 16
 
@@ -264,6 +265,13 @@ class Evaluation:
             "items": n,
         }, [{"q": i["q"], "bot": b, "plain": p} for i, b, p in zip(items, bot, plain,
                                                                     strict=True)])
+
+
+    async def _documents(self, history: HistoryStore) -> None:
+        items = load("documents.json", self.options.limit)
+        scores, replies = await documents_set.run(self, history, items,
+                                                  self.options.concurrency)
+        self._record("documents", scores, replies)
 
 
 async def evaluate(worker: GenerationService, settings: Settings,

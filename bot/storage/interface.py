@@ -7,11 +7,12 @@ The core never knows which store it has: `bot.storage.sqlite` is the default, an
 
 from __future__ import annotations
 
+import json
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
-from bot.types import ChannelKey, Turn
+from bot.types import ChannelKey, Document, Section, Turn
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +40,21 @@ class HistoryStats:
 
     channels: int
     turns: int
+
+
+MAX_DOCUMENTS = 20
+"""Documents kept per conversation; older ones are deleted as new ones arrive."""
+
+
+def sections_to_json(document: Document) -> str:
+    """A document's sections as stored (a JSON list of ``[label, text]``)."""
+    return json.dumps([[s.label, s.text] for s in document.sections], ensure_ascii=False)
+
+
+def document_from_row(name: str, source: str, kind: str, sections: str, note: str) -> Document:
+    return Document(name=name, source="link" if source == "link" else "file", kind=kind,
+                    sections=tuple(Section(str(label), str(text))
+                                   for label, text in json.loads(sections)), note=note)
 
 
 class HistoryStore(Protocol):
@@ -80,6 +96,19 @@ class HistoryStore(Protocol):
     async def has_assistant_turn(self, key: ChannelKey) -> bool: ...
 
     async def channel_settings(self, key: ChannelKey) -> ChannelSettings: ...
+
+    # -- shared documents (issue #17): erased with the conversation ----------------------
+
+    async def add_document(self, key: ChannelKey, document: Document, *,
+                           message_id: str | None = None) -> None:
+        """Keep a shared document's text with the conversation (the newest
+        `MAX_DOCUMENTS`); `reset`, `forget_channel`, `delete_message` of its message and
+        `prune` erase it like a turn."""
+        ...
+
+    async def documents(self, key: ChannelKey, limit: int = 3) -> list[Document]:
+        """The conversation's latest `limit` documents, oldest first."""
+        ...
 
     async def save_channel_settings(self, key: ChannelKey, settings: ChannelSettings) -> None: ...
 

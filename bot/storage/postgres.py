@@ -27,8 +27,9 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool
 
 from bot.errors import StoreUnavailable
+from bot.storage import postgres_documents as pg_documents
 from bot.storage.interface import ChannelSettings, HistoryStats
-from bot.types import ChannelKey, Role, Turn
+from bot.types import ChannelKey, Document, Role, Turn
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -211,6 +212,7 @@ class PostgresHistoryStore:
                 await conn.execute("INSERT INTO schema_migrations VALUES (%s, %s)",
                                    (version, self._clock()))
                 log.info("PostgreSQL schema upgraded to version %d", version)
+            await conn.execute(pg_documents.SCHEMA)
 
     async def _with(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
         """Run `work` on a pooled connection; a lost server becomes `StoreUnavailable`."""
@@ -260,9 +262,14 @@ class PostgresHistoryStore:
         return [Turn(cast(Role, role), author, text) for role, author, text in rows]
 
     async def reset(self, key: ChannelKey) -> int:
-        return await self._rowcount(
-            "DELETE FROM turns WHERE platform = %s AND channel_id = %s AND thread_id = %s",
-            _where(key))
+        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
+            async with conn.transaction():
+                await conn.execute("DELETE FROM documents WHERE platform = %s AND channel_id = %s"
+                                   " AND thread_id = %s", _where(key))
+                return (await conn.execute(
+                    "DELETE FROM turns WHERE platform = %s AND channel_id = %s"
+                    " AND thread_id = %s", _where(key))).rowcount
+        return await self._with(run)
 
     async def stats(self) -> HistoryStats:
         rows = await self._fetchall(
@@ -285,17 +292,35 @@ class PostgresHistoryStore:
                 await conn.execute(
                     "DELETE FROM channel_settings WHERE platform = %s AND channel_id = %s",
                     (key.platform, key.channel_id))
+                await conn.execute(
+                    "DELETE FROM documents WHERE platform = %s AND channel_id = %s",
+                    (key.platform, key.channel_id))
             return deleted
         return await self._with(run)
 
     async def delete_message(self, key: ChannelKey, message_id: str) -> int:
+        await self._rowcount(
+            "DELETE FROM documents WHERE platform = %s AND channel_id = %s AND thread_id = %s"
+            " AND message_id = %s", (*_where(key), message_id))
         return await self._rowcount(
             "DELETE FROM turns WHERE platform = %s AND channel_id = %s AND thread_id = %s"
             " AND message_id = %s", (*_where(key), message_id))
 
     async def prune(self, older_than_days: float) -> int:
         cutoff = self._clock() - older_than_days * 86_400
+        await self._rowcount("DELETE FROM documents WHERE created_at < %s", (cutoff,))
         return await self._rowcount("DELETE FROM turns WHERE created_at < %s", (cutoff,))
+
+    # -- shared documents (issue #17; SQL in postgres_documents) ------------------------
+
+    async def add_document(self, key: ChannelKey, document: Document, *,
+                           message_id: str | None = None) -> None:
+        """Keep a document's text; the conversation's oldest beyond `MAX_DOCUMENTS` go."""
+        now = self._clock()
+        await self._with(lambda conn: pg_documents.add(conn, key, document, message_id, now))
+
+    async def documents(self, key: ChannelKey, limit: int = 3) -> list[Document]:
+        return await self._with(lambda conn: pg_documents.latest(conn, key, limit))
 
     async def count(self, key: ChannelKey) -> int:
         rows = await self._fetchall(

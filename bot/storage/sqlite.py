@@ -14,9 +14,15 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import cast
 
-from bot.storage.interface import ChannelSettings, HistoryStats
+from bot.storage.interface import (
+    MAX_DOCUMENTS,
+    ChannelSettings,
+    HistoryStats,
+    document_from_row,
+    sections_to_json,
+)
 from bot.storage.sqlite_runner import SQLiteRunner
-from bot.types import ChannelKey, Role, Turn
+from bot.types import ChannelKey, Document, Role, Turn
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS turns (
@@ -47,6 +53,23 @@ CREATE TABLE IF NOT EXISTS claimed_events (
     claimed_at  REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS claimed_by_age ON claimed_events (claimed_at);
+""" + """
+-- shared documents' text (issue #17), erased with the conversation
+CREATE TABLE IF NOT EXISTS documents (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    platform    TEXT NOT NULL,
+    channel_id  TEXT NOT NULL,
+    thread_id   TEXT NOT NULL DEFAULT '',
+    message_id  TEXT,
+    name        TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    sections    TEXT NOT NULL,
+    note        TEXT NOT NULL DEFAULT '',
+    created_at  REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS documents_by_channel
+    ON documents (platform, channel_id, thread_id, id);
 """
 CLAIM_TTL = 86_400.0
 """Claimed event ids are kept a day: platforms redeliver within minutes, not days."""
@@ -146,6 +169,13 @@ class SQLiteHistoryStore:
     async def save_channel_settings(self, key: ChannelKey, settings: ChannelSettings) -> None:
         await self._run(self._save_channel_settings, key, settings)
 
+    async def add_document(self, key: ChannelKey, document: Document, *,
+                           message_id: str | None = None) -> None:
+        await self._run(self._add_document, key, document, message_id)
+
+    async def documents(self, key: ChannelKey, limit: int = 3) -> list[Document]:
+        return await self._run(self._documents, key, limit)
+
     # -- state shared between instances: one instance here -----------------------------
 
     async def claim_event(self, event_id: str, *, key: ChannelKey | None = None,
@@ -219,6 +249,9 @@ class SQLiteHistoryStore:
             cursor = db.execute(
                 "DELETE FROM turns WHERE platform = ? AND channel_id = ? AND thread_id = ?",
                 (key.platform, key.channel_id, key.thread_id or ""))
+            db.execute(
+                "DELETE FROM documents WHERE platform = ? AND channel_id = ? AND thread_id = ?",
+                (key.platform, key.channel_id, key.thread_id or ""))
         return cursor.rowcount
 
     def _stats(self) -> HistoryStats:
@@ -260,6 +293,8 @@ class SQLiteHistoryStore:
                                  (key.platform, key.channel_id)).rowcount
             db.execute("DELETE FROM channel_settings WHERE platform = ? AND channel_id = ?",
                        (key.platform, key.channel_id))
+            db.execute("DELETE FROM documents WHERE platform = ? AND channel_id = ?",
+                       (key.platform, key.channel_id))
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
 
@@ -267,7 +302,9 @@ class SQLiteHistoryStore:
         db = self._conn()
         with db:
             deleted = db.execute("DELETE FROM turns WHERE created_at < ?", (cutoff,)).rowcount
-        if deleted:
+            documents = db.execute("DELETE FROM documents WHERE created_at < ?",
+                                   (cutoff,)).rowcount
+        if deleted or documents:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
 
@@ -279,8 +316,35 @@ class SQLiteHistoryStore:
 
     def _delete_message(self, key: ChannelKey, message_id: str) -> int:
         db = self._conn()
+        where = (key.platform, key.channel_id, key.thread_id or "", message_id)
         with db:
+            db.execute("DELETE FROM documents WHERE platform = ? AND channel_id = ?"
+                       " AND thread_id = ? AND message_id = ?", where)
             return db.execute(
                 "DELETE FROM turns WHERE platform = ? AND channel_id = ? AND thread_id = ?"
-                " AND message_id = ?",
-                (key.platform, key.channel_id, key.thread_id or "", message_id)).rowcount
+                " AND message_id = ?", where).rowcount
+
+    def _add_document(self, key: ChannelKey, document: Document,
+                      message_id: str | None) -> None:
+        db = self._conn()
+        where = (key.platform, key.channel_id, key.thread_id or "")
+        with db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT INTO documents (platform, channel_id, thread_id, message_id, name,"
+                " source, kind, sections, note, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (*where, message_id, document.name, document.source, document.kind,
+                 sections_to_json(document), document.note, self._clock()))
+            db.execute(
+                "DELETE FROM documents WHERE platform = ? AND channel_id = ? AND thread_id = ?"
+                " AND id <= (SELECT id FROM documents WHERE platform = ? AND channel_id = ?"
+                " AND thread_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                (*where, *where, MAX_DOCUMENTS))
+
+    def _documents(self, key: ChannelKey, limit: int) -> list[Document]:
+        rows = self._conn().execute(
+            "SELECT name, source, kind, sections, note FROM (SELECT * FROM documents"
+            " WHERE platform = ? AND channel_id = ? AND thread_id = ?"
+            " ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (key.platform, key.channel_id, key.thread_id or "", limit)).fetchall()
+        return [document_from_row(*row) for row in rows]

@@ -764,6 +764,8 @@ class FakeDiscord:
         self._channel_messages: dict[int, list[int]] = {}
         self.reactions: list[tuple[int, int, str]] = []  # (channel_id, message_id, emoji)
         self.attachment_data: dict[int, bytes] = {}
+        self.attachment_fetches: list[int] = []
+        """Attachment ids downloaded from the CDN route, in order (issue #17)."""
         self.interactions: dict[int, InteractionHandle] = {}
         #: Registered application commands: key None = global, else guild id.
         self.commands: dict[int | None, list[dict[str, Any]]] = {}
@@ -2283,6 +2285,7 @@ class FakeDiscord:
         return [self.attachment(name, data) for name, data in files]
 
     async def _get_attachment(self, request: web.Request) -> web.Response:
+        self.attachment_fetches.append(int(request.match_info["attachment_id"]))
         data = self.attachment_data.get(int(request.match_info["attachment_id"]))
         if data is None:
             return web.Response(status=404, text="not found")

@@ -36,9 +36,18 @@ def fake_tokens(text: str) -> list[str]:
     return TOKEN.findall(text)
 
 
-def render(messages: list[dict[str, str]]) -> str:
+def text_of(content: Any) -> str:
+    """A message's text; OpenAI content parts (text, image_url) as text and ``<image>``."""
+    if isinstance(content, list):
+        return "".join(p.get("text", "") if p.get("type") == "text" else "<image>"
+                       for p in content)
+    return str(content)
+
+
+def render(messages: list[dict[str, Any]]) -> str:
     """ChatML, as SmolLM2's template renders it, with the generation header."""
-    body = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+    body = "".join(f"<|im_start|>{m['role']}\n{text_of(m['content'])}<|im_end|>\n"
+                   for m in messages)
     return body + "<|im_start|>assistant\n"
 
 
@@ -94,12 +103,17 @@ class FakeOpenAI:
 
     def __init__(self, *, models: tuple[str, ...] = ("fake-model",), n_ctx: int = 2048,
                  flavor: Flavor = "llamacpp", api_key: str | None = None,
-                 enforce_context: bool = True) -> None:
+                 enforce_context: bool = True, vision: bool | None = None,
+                 ollama_capabilities: list[str] | None = None) -> None:
         self.models = list(models)
         self.n_ctx = n_ctx
         self.flavor = flavor
         self.api_key = api_key
         self.enforce_context = enforce_context
+        self.vision = vision
+        """llama.cpp's /props ``modalities.vision`` (None: the field is left out)."""
+        self.ollama_capabilities = ollama_capabilities
+        """Served by ``/api/show`` as Ollama does (None: no such route)."""
         self.script: deque[Behaviour] = deque()
         self.requests: list[dict[str, Any]] = []
         self.auth_headers: list[str | None] = []
@@ -133,6 +147,8 @@ class FakeOpenAI:
             app.router.add_post("/apply-template", self._apply_template)
         if self.flavor != "plain":
             app.router.add_post("/tokenize", self._tokenize)
+        if self.ollama_capabilities is not None:
+            app.router.add_post("/api/show", self._ollama_show)
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", port or self.port)
@@ -186,8 +202,15 @@ class FakeOpenAI:
     async def _props(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
             return self._denied()
-        return web.json_response({"default_generation_settings": {"n_ctx": self.n_ctx},
-                                  "total_slots": 4})
+        props: dict[str, Any] = {"default_generation_settings": {"n_ctx": self.n_ctx},
+                                 "total_slots": 4}
+        if self.vision is not None:
+            props["modalities"] = {"vision": self.vision, "audio": False}
+        return web.json_response(props)
+
+    async def _ollama_show(self, request: web.Request) -> web.Response:
+        return web.json_response({"capabilities": self.ollama_capabilities,
+                                  "details": {"family": "fake"}})
 
     async def _tokenize(self, request: web.Request) -> web.Response:
         if not self._authorized(request):
@@ -228,7 +251,7 @@ class FakeOpenAI:
             return web.json_response(context_error(prompt_tokens, self.n_ctx), status=400)
         pieces = behaviour.pieces
         if pieces is None:
-            last = next((m["content"] for m in reversed(body["messages"])
+            last = next((text_of(m["content"]) for m in reversed(body["messages"])
                          if m["role"] == "user"), "")
             pieces = fake_tokens(f"Echo: {last}")
         pieces = pieces[: max(1, int(body.get("max_tokens") or len(pieces)))] \

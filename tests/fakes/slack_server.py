@@ -337,6 +337,7 @@ class FakeSlack:
         app.router.add_route("*", "/api/{method}", self._handle_api)
         app.router.add_get("/link/", self._handle_socket)
         app.router.add_post("/response/{rid}", self._handle_response_url)
+        add_file_routes(self, app)
         runner = web.AppRunner(app, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, self.host, 0)
@@ -1642,3 +1643,73 @@ async def socket_mode(
     handler = make_socket_mode_handler(app, fake, app_token=app_token, ping_interval=ping_interval)
     async with running_socket_mode(handler, fake, timeout=timeout) as running:
         yield running
+
+
+# ---------------------------------------------------------------------- files (issue #17)
+# Self-contained: files people share, behind ``url_private_download``, which (as in Slack)
+# needs the bot token; without it Slack answers with its HTML sign-in page.
+
+
+@dataclass
+class FakeFile:
+    """A file in the fake workspace and who downloaded it with which token."""
+
+    id: str
+    name: str
+    data: bytes
+    mimetype: str
+    downloads: list[str | None] = field(default_factory=list)
+
+
+def add_file_routes(fake: FakeSlack, app: web.Application) -> None:
+    fake.files = {}
+    fake.file_token = None
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        return await _serve_file(fake, request)
+
+    app.router.add_get("/files-pri/{file_id}/{name}", serve)
+
+
+def add_file(fake: FakeSlack, name: str, data: bytes, *, mimetype: str = "application/pdf"
+             ) -> dict[str, Any]:
+    """Store a file; returns its object as Slack puts it in a message's ``files``."""
+    file_id = f"F{len(fake.files) + 1:08d}"
+    fake.files[file_id] = FakeFile(file_id, name, data, mimetype)
+    url = f"{fake.base_url}/files-pri/{file_id}/{name}"
+    return {"id": file_id, "name": name, "title": name, "mimetype": mimetype,
+            "filetype": name.rsplit(".", 1)[-1], "size": len(data), "url_private": url,
+            "url_private_download": f"{url}?download=1", "mode": "hosted"}
+
+
+async def send_mention_with_files(fake: FakeSlack, channel: str, user: str, text: str,
+                                  files: list[dict[str, Any]], *,
+                                  thread_ts: str | None = None) -> Delivery:
+    """An ``app_mention`` whose message shares `files` (stored, with them, as Slack does)."""
+    fake._ensure_channel(channel, create=True)
+    mention = f"<@{fake.bot_user_id}>"
+    text = text if mention in text else f"{mention} {text}"
+    ts = fake.new_ts()
+    fake._store_user_message(channel, user, text, ts, thread_ts)
+    stored = fake._find(channel, ts)
+    if stored is not None:
+        stored["files"] = files
+    event: dict[str, Any] = {"type": "app_mention", "user": user, "text": text, "ts": ts,
+                             "channel": channel, "event_ts": ts, "team": fake.team_id,
+                             "files": files, "client_msg_id": str(uuid.uuid4())}
+    if thread_ts is not None:
+        event["thread_ts"] = thread_ts
+    return await fake.push_event(event)
+
+
+async def _serve_file(fake: FakeSlack, request: web.Request) -> web.StreamResponse:
+    file = fake.files.get(request.match_info["file_id"])
+    auth = request.headers.get("Authorization")
+    token = auth.removeprefix("Bearer ").strip() if auth and auth.startswith("Bearer ") else None
+    if file is None:
+        return web.Response(status=404, text="file_not_found")
+    file.downloads.append(token)
+    if not token or (fake.file_token is not None and token != fake.file_token):
+        return web.Response(text="<html><body>Sign in to Slack</body></html>",
+                            content_type="text/html")
+    return web.Response(body=file.data, content_type=file.mimetype)

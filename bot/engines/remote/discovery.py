@@ -41,6 +41,8 @@ class ServerFacts:
     tokenize: bool
     prompt_counting: PromptCounting
     server: str
+    vision: bool = False
+    """The server says its model reads images (llama.cpp /props, Ollama /api/show)."""
 
 
 def _int(value: Any) -> int | None:
@@ -127,6 +129,24 @@ async def context_from_props(client: OpenAIClient) -> int | None:
     return _int(data.get("n_ctx"))
 
 
+async def can_see(client: OpenAIClient, model: str) -> bool:
+    """Whether the served model reads images, as the server itself says: llama.cpp's
+    ``/props`` ``modalities.vision``, or Ollama's ``/api/show`` ``capabilities``. Never
+    guessed from a model's name; a server that says nothing cannot see."""
+    try:
+        status, data = await client.request_json("GET", f"{client.root}/props", timeout=5)
+        if status == 200 and isinstance(data, dict) and isinstance(data.get("modalities"), dict):
+            return data["modalities"].get("vision") is True
+        status, data = await client.request_json("POST", f"{client.root}/api/show",
+                                                 {"model": model}, timeout=5)
+        if status == 200 and isinstance(data, dict) and isinstance(data.get("capabilities"),
+                                                                   list):
+            return "vision" in data["capabilities"]
+    except Exception:
+        log.debug("vision probe failed", exc_info=True)
+    return False
+
+
 async def probe_tokenize(client: OpenAIClient, model: str) -> bool:
     """Whether ``/tokenize`` answers with tokens (llama.cpp, vLLM, SGLang)."""
     body = tokenize_body(model, "Hello there")
@@ -190,4 +210,5 @@ async def discover(client: OpenAIClient, *, wanted: str | None,
     counting = await probe_prompt_counting(client, model) if tokenize else "estimate"
     server = "llama.cpp" if counting == "apply-template" else (
         "vLLM" if counting == "messages" else "OpenAI-compatible")
-    return ServerFacts(models, model, context, source, tokenize, counting, server)
+    return ServerFacts(models, model, context, source, tokenize, counting, server,
+                       vision=await can_see(client, model))

@@ -11,6 +11,7 @@ into short replies. Unreachable at start-up is not fatal: the engine reports its
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import logging
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from bot.engines.remote.errors import (
 from bot.engines.remote.reasoning import ThinkFilter, strip_reasoning
 from bot.engines.remote.tokens import RemoteTokenCounter
 from bot.errors import BusyError, ConfigError, GenerationError, UnavailableError, UserError
-from bot.types import Prompt
+from bot.types import Image, Prompt
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ class RemoteEngine:
                              device=f"server {where}, unreachable", dtype="remote",
                              context_tokens=self.config.context_tokens)
         return ModelInfo(name=facts.model, device=f"{facts.server} server {where}",
-                         dtype="remote", context_tokens=facts.context_tokens)
+                         dtype="remote", context_tokens=facts.context_tokens,
+                         vision=facts.vision)
 
     @property
     def token_counter(self) -> TokenCounter:
@@ -316,7 +318,8 @@ class RemoteEngine:
                                                     else self.config.model)
         sampling = request.sampling
         body: dict[str, Any] = {
-            "messages": prompt, "max_tokens": sampling.max_new_tokens,
+            "messages": with_images(prompt, request.images) if request.images else prompt,
+            "max_tokens": sampling.max_new_tokens,
             "temperature": sampling.temperature, "top_p": sampling.top_p,
             "stream_options": {"include_usage": True},
         }
@@ -389,6 +392,19 @@ class RemoteEngine:
                 await stream.aclose()  # type: ignore[attr-defined]
         text = strip_reasoning("".join(raw)) if reason == "done" else handle.partial
         return Completion(text, reason, tokens=tokens)
+
+
+def with_images(prompt: Prompt, images: tuple[Image, ...]) -> list[dict[str, Any]]:
+    """The prompt with `images` added to its newest message as OpenAI ``image_url`` parts
+    (data URLs), the way llama.cpp, vLLM and Ollama take them."""
+    messages: list[dict[str, Any]] = [dict(m) for m in prompt]
+    parts: list[dict[str, Any]] = [{"type": "text", "text": messages[-1]["content"]}]
+    for image in images:
+        data = base64.b64encode(image.data).decode("ascii")
+        parts.append({"type": "image_url",
+                      "image_url": {"url": f"data:{image.mime};base64,{data}"}})
+    messages[-1]["content"] = parts
+    return messages
 
 
 def shorten(prompt: Prompt) -> Prompt | None:

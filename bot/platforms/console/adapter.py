@@ -1,14 +1,17 @@
 """The console adapter: chat with the bot in a terminal, or pipe questions through it.
 
 Each input line is one message in one channel (``console:<channel>``), so history survives a
-restart like on any platform. Interactive sessions stream the answer as it is generated;
-piped input prints only the answers on stdout, which makes the bot scriptable:
+restart like on any platform. ``/attach PATH`` reads a local file and attaches it to the next
+line (``printf '/attach report.pdf\nSummarise this.\n' | python -m bot console``), and links
+in a line are read as on the chat platforms. Interactive sessions stream the answer as it is
+generated; piped input prints only the answers on stdout, which makes the bot scriptable:
 ``echo "What is the capital of France?" | python -m bot console``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import getpass
 import itertools
 import logging
@@ -17,7 +20,9 @@ import threading
 from typing import TextIO
 
 from bot.core.conversation import ConversationCore
-from bot.types import ChannelKey, IncomingMessage, Reply
+from bot.documents.intake import Intake
+from bot.platforms.console.attach import attach_file
+from bot.types import ChannelKey, IncomingMessage, Reply, Shared
 
 log = logging.getLogger(__name__)
 _EOF = None
@@ -34,7 +39,8 @@ class ConsoleAdapter:
 
     def __init__(self, core: ConversationCore, *, stdin: TextIO | None = None,
                  stdout: TextIO | None = None, channel: str = "local",
-                 user_name: str | None = None, interactive: bool | None = None) -> None:
+                 user_name: str | None = None, interactive: bool | None = None,
+                 intake: Intake | None = None) -> None:
         self.core = core
         self.stdin = stdin or sys.stdin
         self.stdout = stdout or sys.stdout
@@ -45,6 +51,8 @@ class ConsoleAdapter:
         self._streamed = ""
         self._stopped = asyncio.Event()
         self._serving = False
+        self.intake = intake
+        self._attached = Shared()
 
     @property
     def connected(self) -> bool:
@@ -82,8 +90,20 @@ class ConsoleAdapter:
     async def handle_line(self, line: str) -> None:
         if not line.strip():
             return
+        if line.strip().split(None, 1)[0].lower() == "/attach":
+            attached, said, ok = await attach_file(line.strip()[len("/attach"):], self.intake)
+            self._attached += attached
+            if ok and not self.interactive:
+                print(said, file=sys.stderr, flush=True)  # stdout is for answers only
+            else:
+                self._write(self._label() + said + "\n")
+            return
         self._streamed = ""
-        reply = await self.core.handle(self.to_incoming(line), on_progress=self._progress)
+        shared, self._attached = self._attached, Shared()
+        if self.intake is not None:
+            shared += await self.intake.links(line)
+        message = dataclasses.replace(self.to_incoming(line), shared=shared)
+        reply = await self.core.handle(message, on_progress=self._progress)
         if reply is not None:
             await self.send(reply)
 

@@ -27,6 +27,7 @@ translation of Discord objects is pure and lives in `text`; `live_reply` shows a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 from collections.abc import Coroutine
@@ -38,8 +39,10 @@ from bot.config import Settings
 from bot.core.answering import SHUTDOWN_MARK
 from bot.core.commands import TranscriptFetcher
 from bot.core.conversation import APOLOGY, ConversationCore
+from bot.documents.intake import Intake
 from bot.errors import UserError
 from bot.platforms.base import EditThrottle
+from bot.platforms.discord.attachments import shared_from_message
 from bot.platforms.discord.gateway import make_client
 from bot.platforms.discord.live_reply import LiveReply, bounded, describe, queue_status
 from bot.platforms.discord.slash_commands import Interaction, register_commands, sync_commands
@@ -91,8 +94,11 @@ class DiscordAdapter:
     platform = "discord"
 
     def __init__(self, core: ConversationCore, settings: Settings, *,
-                 edit_interval: float = 1.0, shutdown_grace: float = 10.0) -> None:
+                 edit_interval: float = 1.0, shutdown_grace: float = 10.0,
+                 intake: Intake | None = None) -> None:
         self.core = core
+        self.intake = intake
+        """Reads attachments and links (None: they are not read)."""
         self.settings = settings
         self.edit_interval = edit_interval
         self.shutdown_grace = shutdown_grace
@@ -268,6 +274,9 @@ class DiscordAdapter:
                          where=describe(channel),
                          on_first_post=typing.cancel if typing is not None else None)
         try:
+            if self.intake is not None and (incoming.addressed or incoming.in_bot_thread):
+                incoming = dataclasses.replace(
+                    incoming, shared=await shared_from_message(message, self.intake))
             reply = await self.core.handle(incoming, on_progress=live.progress,
                                            fetch_transcript=self._fetcher(channel),
                                            on_queued=queue_status(live))

@@ -47,6 +47,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from bot.config import Settings
 from bot.core.commands import COMMANDS, MAX_SUMMARY_MESSAGES, parse_count
 from bot.core.conversation import APOLOGY, ConversationCore
+from bot.documents.intake import Intake
 from bot.errors import ConfigError, UserError
 from bot.platforms.slack.connection import connect_socket_mode, identify, serve_http
 from bot.platforms.slack.delivery import (
@@ -67,6 +68,7 @@ from bot.platforms.slack.events import (
     to_incoming,
     ts_order,
 )
+from bot.platforms.slack.files import shared_for
 from bot.platforms.slack.format import markdown_to_mrkdwn, mentioned_user_ids
 from bot.platforms.slack.input_guards import SocketModeHandler
 from bot.platforms.slack.reader import BotIdentity, SlackReader
@@ -101,8 +103,10 @@ class SlackAdapter:
                  client: AsyncWebClient | None = None, host: str = "0.0.0.0",
                  edit_interval: float = 1.0, drain_timeout: float = 5.0,
                  ping_interval: float = 10.0,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 intake: Intake | None = None) -> None:
         self.core = core
+        self.intake = intake  # reads files and links (None: they are not read)
         self.settings = settings
         self.host = host
         self.edit_interval = edit_interval
@@ -416,6 +420,10 @@ class SlackAdapter:
 
         exclude = {msg.message_id, *([target.placeholder] if target.placeholder else [])}
         try:
+            if self.intake is not None and command_of(msg) in (None, "ask") and (
+                    msg.addressed or msg.in_bot_thread):
+                msg = dataclasses.replace(msg, shared=await shared_for(msg, self.client,
+                                                                       self.intake))
             reply = await self.core.handle(
                 msg, on_progress=live.progress,
                 fetch_transcript=self.reader.fetcher(msg.key, exclude), on_queued=live.queued)

@@ -81,7 +81,8 @@ def to_incoming(event: Mapping[str, Any], bot_user_id: str, *,
     thread = thread_of(event)
     text = slack_to_text(strip_mention(raw_text, bot_user_id), names).strip()
     command, args = None, ""
-    summarize = _SUMMARIZE.match(text) if addressed else None
+    # "summarize this" with files attached is about the files, not the conversation
+    summarize = _SUMMARIZE.match(text) if addressed and not event.get("files") else None
     if summarize:
         command = "summarize"
         args = summarize.group(1) or ("" if thread is None else str(MAX_SUMMARY_MESSAGES))
