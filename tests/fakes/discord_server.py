@@ -42,6 +42,8 @@ from urllib.parse import quote
 
 from aiohttp import BodyPartReader, WSMsgType, web
 
+from tests.fakes.discord_openapi import check as openapi_check
+
 if TYPE_CHECKING:
     import discord
 
@@ -776,6 +778,8 @@ class FakeDiscord:
         self.requests: list[RecordedRequest] = []
         self.unhandled_requests: list[RecordedRequest] = []
         self.handler_errors: list[BaseException] = []
+        #: Requests whose body Discord's OpenAPI description rejects (answered 400, 50035).
+        self.schema_errors: list[tuple[RecordedRequest, list[str]]] = []
         self.gateway_frames: list[GatewayFrame] = []
         self.connections: list[GatewayConnectionInfo] = []
         self.identifies: list[dict[str, Any]] = []
@@ -2075,6 +2079,12 @@ class FakeDiscord:
         self.requests.append(rec)
         request[_RECORD_KEY] = rec
         faulted = self._apply_fault(rec)
+        problems = [] if faulted is not None else openapi_check(rec.method, rec.route, body)
+        if problems:
+            _log.warning("fake discord: %s %s breaks Discord's schema: %s", rec.method, rec.path,
+                         problems)
+            self.schema_errors.append((rec, problems))
+            faulted = ApiError(400, 50035, "Invalid Form Body: " + "; ".join(problems)).response()
         resp = faulted if faulted is not None else await self._handle(request, handler, rec)
         rec.status = resp.status
         if isinstance(resp, web.Response) and resp.body and resp.content_type == "application/json":
