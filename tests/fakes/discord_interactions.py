@@ -98,11 +98,13 @@ async def press_button(fake: FakeDiscord, message: Any, label_or_id: str,
                        user: FakeUser | None = None, *,
                        member_permissions: int | None = None,
                        guild_installed: bool = True) -> InteractionHandle:
-    """`user` presses a button of `message` (by label, emoji or custom id): a component
-    interaction carrying the message, as Discord sends it."""
+    """`user` presses a button of `message` (by label, emoji or custom id, which need not be
+    on the message any more): a component interaction carrying the message, as Discord
+    sends it."""
     data = stored_message(fake, message)
     ids = {str(b.get("custom_id")) for b in buttons(data)}
-    cid = label_or_id if label_or_id in ids else custom_id(fake, data, label_or_id)
+    cid = label_or_id if label_or_id in ids or ":" in label_or_id else custom_id(
+        fake, data, label_or_id)
     channel = fake.channels[int(data["channel_id"])]
     return await _dispatch(fake, COMPONENT, {"custom_id": cid, "component_type": BUTTON},
                            channel, user or _default(fake), name=f"button {cid}",

@@ -31,7 +31,8 @@ class AskModal(discord.ui.Modal, title="Ask about this message"):
     """The form of "Ask about this": one question about the message it was opened on."""
 
     question: discord.ui.TextInput[AskModal] = discord.ui.TextInput(
-        label="Your question", style=discord.TextStyle.paragraph, max_length=1000,
+        label="Your question", custom_id="question", style=discord.TextStyle.paragraph,
+        max_length=1000,
         placeholder="What would you like to know about this message?")
 
     def __init__(self, target: MessageCommandTarget, message: discord.Message) -> None:
