@@ -1,5 +1,9 @@
-"""The flow of one Slack answer: a placeholder at once, edits while the model writes, the
-full answer at the end (or a short apology, or a note that the bot is restarting)."""
+"""The flow of one Slack answer: "is thinking..." at once (the assistant status, or a
+placeholder message), then the answer streamed (Slack's native streaming in a thread, else
+edits of one message), the full answer at the end with its controls under it (or a short
+apology, or a note that the bot is restarting). While it is written, the asker can stop it:
+a Stop button on the message, or, under a native stream (which takes no buttons until it
+ends), on a note only the asker sees."""
 
 from __future__ import annotations
 
@@ -8,13 +12,15 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.core.conversation import APOLOGY, ConversationCore
+from bot.platforms.slack.controls import AnswerControls, Capabilities, control_blocks
 from bot.platforms.slack.delivery import NO_ACCESS_ERRORS, LiveAnswer, SlackDelivery, Target
-from bot.platforms.slack.events import command_of
+from bot.platforms.slack.events import as_mapping, command_of
+from bot.platforms.slack.native_stream import NativeStream
 from bot.platforms.slack.reader import SlackReader
 from bot.types import IncomingMessage
 
@@ -23,6 +29,7 @@ log = logging.getLogger(__name__)
 THINKING = "_Thinking…_"
 READING = "_Reading the conversation…_"
 STOPPED = "_(stopped: the bot is restarting; please ask again in a moment)_"
+WRITING = "Writing my answer… (only you see this)"
 
 
 class AnswerFlow:
@@ -34,7 +41,9 @@ class AnswerFlow:
 
     def __init__(self, core: ConversationCore, client: AsyncWebClient, delivery: SlackDelivery,
                  reader: SlackReader, *, edit_interval: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 caps: Capabilities | None = None) -> None:
+        self.caps = caps or Capabilities()
         self.core = core
         self.client = client
         self.delivery = delivery
@@ -51,20 +60,32 @@ class AnswerFlow:
         """
         summary = command_of(msg) == "summarize"
         msg = await self.reader.with_admin(msg)
-        if eager and not target.no_access:
+        chat = command_of(msg) in (None, "ask")
+        native = None
+        if (eager and chat and target.thread_ts and self.caps.streaming
+                and not (target.ephemeral or target.no_access)):
+            native = NativeStream(self.client, self.delivery, target, self.caps,
+                                  recipient_user=msg.author_id, recipient_team=team_of(msg.raw),
+                                  interval=self.edit_interval, clock=self._clock)
+        thinking = native is not None and await native.thinking()
+        stop = AnswerControls(msg.key, msg.message_id, ("stop",), self.caps) if chat else None
+        if eager and not target.no_access and not thinking:
             status = READING if summary else THINKING
-            posted = await self.delivery.post(target, status, kind="status")
+            posted = await self.delivery.post(target, status, kind="status",
+                                              blocks=stop.blocks(status) if stop else None)
             if posted.ok:
                 target.placeholder = str(posted.data.get("ts"))
             elif posted.error in NO_ACCESS_ERRORS and target.respond is not None:
                 target.no_access = True
         live = LiveAnswer(self.delivery, target, interval=self.edit_interval, clock=self._clock,
-                          started=eager)
-
+                          started=eager and not thinking)
+        live.controls = stop
+        progress = live.progress if native is None else self._streaming(msg, target, native,
+                                                                         live)
         exclude = {msg.message_id, *([target.placeholder] if target.placeholder else [])}
         try:
             reply = await self.core.handle(
-                msg, on_progress=live.progress,
+                msg, on_progress=progress,
                 fetch_transcript=self.reader.fetcher(msg.key, exclude), on_queued=live.queued)
             if reply is None:  # recorded as context (or the channel is switched off)
                 if target.placeholder is not None:
@@ -72,8 +93,10 @@ class AnswerFlow:
                         self.client.chat_delete, channel=target.channel,
                         ts=target.placeholder), retries=0)
                 return
-            text = reply.text
+            text, controls = reply.text, reply.controls
         except asyncio.CancelledError:  # shutting down: don't leave "Thinking…" behind
+            if native is not None and native.ts is not None:
+                target.placeholder = native.ts
             if target.placeholder is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(
@@ -83,5 +106,58 @@ class AnswerFlow:
             log.exception("error while answering in %s", msg.key)
             if not (msg.addressed or live.started):
                 return
-            text = APOLOGY
-        await self.delivery.deliver(target, text, kind="summary" if summary else "answer")
+            text, controls = APOLOGY, ()
+        if native is not None:
+            if await native.finish(text, controls, msg.key, msg.message_id):
+                return
+            if native.ts is not None:
+                target.placeholder = native.ts  # expired or refused: edit what was streamed
+            elif thinking:
+                await native.clear_status()
+        await self.delivery.deliver(
+            target, text, kind="summary" if summary else "answer",
+            controls=AnswerControls(msg.key, msg.message_id, controls, self.caps)
+            if chat else None)
+
+    def _streaming(self, msg: IncomingMessage, target: Target, native: NativeStream,
+                   live: LiveAnswer) -> Callable[[str], Awaitable[None]]:
+        """The core's `on_progress` for a native stream, falling back to `live` edits."""
+        placeholder = target.placeholder
+
+        async def progress(text: str) -> None:
+            if not native.broken:
+                started = native.ts is not None
+                await native.progress(text)
+                if native.ts is not None and not started:
+                    await self._stream_started(msg, target, placeholder)
+                if not native.broken:
+                    return
+                if native.ts is not None:
+                    target.placeholder = native.ts  # the stream expired: edit its message
+                elif target.placeholder is None:
+                    live.started = False  # refused before it began: post, then edit
+            await live.progress(text)
+
+        return progress
+
+    async def _stream_started(self, msg: IncomingMessage, target: Target,
+                              placeholder: str | None) -> None:
+        """The answer streams in its own message: drop the placeholder, and give the asker
+        (alone) a Stop button, since a stream shows none until it ends."""
+        if placeholder is not None:
+            await self.delivery.api("chat.delete", functools.partial(
+                self.client.chat_delete, channel=target.channel, ts=placeholder), retries=0)
+            target.placeholder = None
+        await self.delivery.api("chat.postEphemeral", functools.partial(
+            self.client.chat_postEphemeral, channel=target.channel, user=msg.author_id,
+            thread_ts=target.thread_ts, text=WRITING,
+            blocks=control_blocks(("stop",), msg.key, msg.message_id)), retries=0)
+
+
+def team_of(raw: object) -> str | None:
+    """The workspace of an event, command or shortcut payload (for a stream's recipient)."""
+    body = as_mapping(raw)
+    team = body.get("team") or body.get("team_id") or body.get("user_team")
+    if isinstance(team, Mapping):
+        team = team.get("id")
+    return str(team) if team else None

@@ -46,9 +46,11 @@ from bot.core.conversation import ConversationCore
 from bot.errors import ConfigError
 from bot.platforms.slack.answer_flow import READING, STOPPED, THINKING, AnswerFlow
 from bot.platforms.slack.connection import connect_socket_mode, identify, serve_http
+from bot.platforms.slack.controls import Capabilities
 from bot.platforms.slack.delivery import SlackDelivery, Target
 from bot.platforms.slack.input_guards import SocketModeHandler
 from bot.platforms.slack.listeners import SHORTCUT_CALLBACK_ID, SlackListeners
+from bot.platforms.slack.presses import SlackPresses
 from bot.platforms.slack.reader import BotIdentity, SlackReader
 from bot.platforms.slack.threads import ThreadContext
 from bot.types import Reply
@@ -117,11 +119,16 @@ class SlackAdapter:
         self._runner: web.AppRunner | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self.threads = ThreadContext(core, self.reader, settings)
+        self.caps = Capabilities()
+        """What the workspace takes: native streaming, assistant status, feedback buttons."""
         self.flow = AnswerFlow(core, self.client, self.delivery, self.reader,
+                               edit_interval=edit_interval, clock=clock, caps=self.caps)
+        presses = SlackPresses(core, self.client, self.delivery, self.reader, self.caps,
                                edit_interval=edit_interval, clock=clock)
         self.listeners = SlackListeners(
             core=core, settings=settings, identity=self.identity, reader=self.reader,
-            delivery=self.delivery, threads=self.threads, flow=self.flow, spawn=self._spawn)
+            delivery=self.delivery, threads=self.threads, flow=self.flow, presses=presses,
+            spawn=self._spawn)
         self.listeners.register(self.app)
 
     # ------------------------------------------------------------------ lifecycle

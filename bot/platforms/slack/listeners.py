@@ -8,6 +8,7 @@ so a slow model never delays an acknowledgement.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 from collections import OrderedDict
@@ -19,8 +20,10 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncResp
 from bot.config import Settings
 from bot.core.commands import COMMANDS, MAX_SUMMARY_MESSAGES, parse_count
 from bot.core.conversation import ConversationCore
+from bot.core.message_commands import EXPLAIN, about_message
 from bot.errors import UserError
 from bot.platforms.slack.answer_flow import AnswerFlow
+from bot.platforms.slack.controls import ACTION_ID
 from bot.platforms.slack.delivery import NO_ACCESS_ERRORS, SlackDelivery, Target, safe
 from bot.platforms.slack.events import (
     PUBLIC_COMMANDS,
@@ -32,7 +35,8 @@ from bot.platforms.slack.events import (
     to_incoming,
     ts_order,
 )
-from bot.platforms.slack.format import markdown_to_mrkdwn, mentioned_user_ids
+from bot.platforms.slack.format import markdown_to_mrkdwn, mentioned_user_ids, slack_to_text
+from bot.platforms.slack.presses import SlackPresses
 from bot.platforms.slack.reader import BotIdentity, SlackReader
 from bot.platforms.slack.threads import ThreadContext
 from bot.types import ChannelKey, IncomingMessage
@@ -40,6 +44,14 @@ from bot.types import ChannelKey, IncomingMessage
 log = logging.getLogger(__name__)
 
 SHORTCUT_CALLBACK_ID = "summarize_thread"
+EXPLAIN_CALLBACK_ID = "explain_message"
+SUGGESTED_PROMPTS = (
+    {"title": "Ask me anything", "message": "What can you help me with?"},
+    {"title": "Draft a message", "message": "Help me write a short, friendly update for my team."},
+    {"title": "Explain simply", "message": "Explain what a context window is, in simple words."},
+)
+KNOWLEDGE_PROMPT = {"title": "Ask the knowledge base",
+                    "message": "What do our documents say about this? (ask your question)"}
 Spawn = Callable[[Coroutine[Any, Any, None]], None]
 """Runs work as one of the adapter's tasks (which `stop()` waits for)."""
 
@@ -49,7 +61,7 @@ class SlackListeners:
 
     def __init__(self, *, core: ConversationCore, settings: Settings, identity: BotIdentity,
                  reader: SlackReader, delivery: SlackDelivery, threads: ThreadContext,
-                 flow: AnswerFlow, spawn: Spawn) -> None:
+                 flow: AnswerFlow, presses: SlackPresses, spawn: Spawn) -> None:
         self.core = core
         self.settings = settings
         self.identity = identity
@@ -57,6 +69,7 @@ class SlackListeners:
         self.delivery = delivery
         self.threads = threads
         self.flow = flow
+        self.presses = presses
         self._spawn = spawn
         self._pending: dict[tuple[str, str], ChannelKey] = {}  # (channel, ts) being answered
         self._seen: OrderedDict[tuple[str, str], None] = OrderedDict()
@@ -64,10 +77,13 @@ class SlackListeners:
     def register(self, app: AsyncApp) -> None:
         app.event("app_mention")(self._on_event)
         app.event("message")(self._on_event)
-        app.event(re.compile(r".*"))(self._on_other_event)  # after the two above
+        app.event("assistant_thread_started")(self._on_assistant_thread)
+        app.event(re.compile(r".*"))(self._on_other_event)  # after the ones above
         for slash in sorted({*SLASH_COMMANDS, *(f"/{name}" for name in COMMANDS)}):
             app.command(slash)(self._on_command)
         app.shortcut(SHORTCUT_CALLBACK_ID)(self._on_shortcut)
+        app.shortcut(EXPLAIN_CALLBACK_ID)(self._on_explain)
+        app.action(ACTION_ID)(self._on_action)
 
     def allowed(self, channel: str, is_direct: bool) -> bool:
         allowed = self.settings.allowed_channels
@@ -131,6 +147,57 @@ class SlackListeners:
                            respond: AsyncRespond) -> None:
         await ack()
         self._spawn(self._handle_shortcut(shortcut, respond))
+
+    async def _on_action(self, ack: AsyncAck, body: dict[str, Any], action: dict[str, Any],
+                         respond: AsyncRespond) -> None:
+        """A control of an answer: acknowledged at once (Slack allows 3 s), then carried out."""
+        await ack()
+        self._spawn(self.presses.handle(body, action, respond))
+
+    async def _on_assistant_thread(self, event: dict[str, Any]) -> None:
+        """Someone opened the bot's assistant view: offer prompts that fit this bot."""
+        self._spawn(self._suggest(as_mapping(event.get("assistant_thread"))))
+
+    async def _suggest(self, thread: Mapping[str, Any]) -> None:
+        channel, ts = thread.get("channel_id"), thread.get("thread_ts")
+        if not (isinstance(channel, str) and isinstance(ts, str)):
+            return
+        prompts = [*SUGGESTED_PROMPTS]
+        if self.core.knowledge is not None:
+            prompts.append(KNOWLEDGE_PROMPT)
+        await self.delivery.api("assistant.threads.setSuggestedPrompts", functools.partial(
+            self.delivery.client.assistant_threads_setSuggestedPrompts, channel_id=channel,
+            thread_ts=ts, title="Try one of these, or ask anything:", prompts=prompts),
+            retries=0)
+
+    async def _on_explain(self, ack: AsyncAck, shortcut: dict[str, Any],
+                          respond: AsyncRespond) -> None:
+        await ack()
+        self._spawn(self._explain(shortcut, respond))
+
+    async def _explain(self, shortcut: dict[str, Any], respond: AsyncRespond) -> None:
+        """The "Explain" message shortcut: the answer goes in the message's thread."""
+        user = str(as_mapping(shortcut.get("user")).get("id", ""))
+        message = as_mapping(shortcut.get("message"))
+        author = str(message.get("user") or "")
+        names = await self.reader.names([user, author, *mentioned_user_ids(
+            str(message.get("text") or ""))])
+        base = shortcut_to_incoming(shortcut, names=names)
+        target = Target(base.key.channel_id, None, respond, ephemeral=True)
+        if not self.allowed(base.key.channel_id, base.is_direct):
+            await self.delivery.respond(target, ["I'm not enabled in this channel."])
+            return
+        try:
+            text = about_message(names.get(author) or author or "someone",
+                                 slack_to_text(str(message.get("text") or ""), names), EXPLAIN,
+                                 limit=self.settings.max_input_chars)
+        except UserError as exc:
+            await self.delivery.respond(target, [str(exc)])
+            return
+        root = str(message.get("thread_ts") or message.get("ts") or "")
+        msg = dataclasses.replace(base, key=ChannelKey("slack", base.key.channel_id, root or None),
+                                  text=text, command="ask", args=text)
+        await self.flow.answer(msg, Target(msg.key.channel_id, root or None, respond))
 
     # ------------------------------------------------------------------ handling
 
