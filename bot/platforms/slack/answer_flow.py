@@ -135,9 +135,7 @@ class AnswerFlow:
                 if native.ts is not None:
                     target.placeholder = native.ts  # the stream expired: edit its message
                     live.started = True
-                elif target.placeholder is None:
-                    live.started = False  # refused before it began: post, then edit
-            await live.progress(text)
+            await live.progress(text)  # (refused at once: `live` posts the first text)
 
         return progress
 
