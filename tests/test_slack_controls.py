@@ -32,6 +32,7 @@ from tests.fakes.slack_assistant import (
     install,
     open_assistant_thread,
     send_block_action,
+    submit_view,
 )
 from tests.fakes.slack_server import Delivery, FakeSlack
 from tests.test_controls_core import NumberedBackend
@@ -256,3 +257,21 @@ async def test_explain_shortcut_answers_in_the_messages_thread(
     stored = await core.history.recent(ChannelKey("slack", CHANNEL, target["ts"]))
     assert stored[0].text == ("bob wrote:\n> The build is red again.\n\n"
                               "Explain this message: what it says, and what it means.")
+
+
+async def test_ask_about_this_opens_a_form_then_answers_in_the_thread(
+        tokens: Settings, core: ConversationCore, slack: FakeSlack) -> None:
+    api = install(slack)
+    async with running(core, tokens, slack):
+        target = slack.seed_message(CHANNEL, "Deploys are frozen until Monday.", user=BOB)
+        shortcut = await slack.send_message_shortcut("ask_about_message", CHANNEL, target["ts"])
+        await acked(slack, shortcut)
+        (form,) = await slack.wait_for(lambda: api.views)
+        submitted = await submit_view(slack, form, {"question": "Can I ship on Sunday?"},
+                                      ALICE)
+        await acked(slack, submitted)
+        message = await answered(slack, target["ts"], "echo: Can I ship on Sunday?")
+    assert sorted(control_values(message)) == ["down", "regenerate", "up"]
+    stored = await core.history.recent(ChannelKey("slack", CHANNEL, target["ts"]))
+    assert stored[0] == Turn("user", "alice", "bob wrote:\n> Deploys are frozen until "
+                                              "Monday.\n\nCan I ship on Sunday?")

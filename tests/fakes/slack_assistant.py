@@ -40,6 +40,7 @@ class AssistantApi:
     streams: dict[str, dict[str, Any]] = field(default_factory=dict)
     statuses: list[dict[str, Any]] = field(default_factory=list)
     prompts: list[dict[str, Any]] = field(default_factory=list)
+    views: list[dict[str, Any]] = field(default_factory=list)
 
     def _start(self, params: dict[str, Any], token: str | None) -> dict[str, Any]:
         if self.refuse_streaming:
@@ -108,6 +109,15 @@ class AssistantApi:
         self.prompts.append(dict(params, prompts=prompts))
         return {"ok": True}
 
+    def _open_view(self, params: dict[str, Any], token: str | None) -> dict[str, Any]:
+        view = _json(params.get("view"))
+        if not params.get("trigger_id") or not isinstance(view, dict):
+            raise SlackApiFailure("invalid_arguments")
+        opened = {**view, "id": f"V{len(self.views) + 1:08d}",
+                  "trigger_id": params["trigger_id"]}
+        self.views.append(opened)
+        return {"ok": True, "view": copy.deepcopy(opened)}
+
     def _check_blocks(self, blocks: Any) -> None:
         if self.feedback_block or not blocks:
             return
@@ -141,6 +151,7 @@ def install(fake: FakeSlack, **behaviour: Any) -> AssistantApi:
     fake.register_method("chat.stopStream", api._stop)
     fake.register_method("assistant.threads.setStatus", api._status)
     fake.register_method("assistant.threads.setSuggestedPrompts", api._suggest)
+    fake.register_method("views.open", api._open_view)
     return api
 
 
@@ -224,3 +235,27 @@ async def open_assistant_thread(fake: FakeSlack, channel: str, user: str = DEFAU
                                   "context": {"channel_id": None, "team_id": fake.team_id,
                                               "enterprise_id": None}}}
     return root, await fake.push_event(event)
+
+
+async def submit_view(fake: FakeSlack, view: Mapping[str, Any], values: Mapping[str, str],
+                      user: str = DEFAULT_USER) -> Delivery:
+    """`user` fills in the modal `view` (input blocks by block id, one element each) and
+    submits it: a ``view_submission`` payload over Socket Mode."""
+    state: dict[str, Any] = {}
+    for block in view.get("blocks", []):
+        if block.get("type") == "input":
+            element = block["element"]
+            state[block["block_id"]] = {element["action_id"]: {
+                "type": element["type"], "value": values.get(block["block_id"], "")}}
+    record = fake._user_record(user)
+    payload = {
+        "type": "view_submission", "token": "fake-verification-token",
+        "api_app_id": fake.app_id, "trigger_id": f"{fake.new_ts()}.{uuid.uuid4().hex[:10]}",
+        "team": {"id": fake.team_id, "domain": fake.team_domain},
+        "user": {"id": user, "username": record["name"], "name": record["name"],
+                 "team_id": fake.team_id},
+        "view": {**copy.deepcopy(dict(view)), "state": {"values": state},
+                 "team_id": fake.team_id, "app_id": fake.app_id},
+        "response_urls": [], "is_enterprise_install": False, "enterprise": None,
+    }
+    return await fake.push_envelope("interactive", payload)

@@ -20,7 +20,6 @@ from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncBoltContext, AsyncResp
 from bot.config import Settings
 from bot.core.commands import COMMANDS, MAX_SUMMARY_MESSAGES, parse_count
 from bot.core.conversation import ConversationCore
-from bot.core.message_commands import EXPLAIN, about_message
 from bot.errors import UserError
 from bot.platforms.slack.answer_flow import AnswerFlow
 from bot.platforms.slack.controls import ACTION_ID
@@ -35,7 +34,8 @@ from bot.platforms.slack.events import (
     to_incoming,
     ts_order,
 )
-from bot.platforms.slack.format import markdown_to_mrkdwn, mentioned_user_ids, slack_to_text
+from bot.platforms.slack.format import markdown_to_mrkdwn, mentioned_user_ids
+from bot.platforms.slack.message_shortcuts import MessageShortcuts
 from bot.platforms.slack.presses import SlackPresses
 from bot.platforms.slack.reader import BotIdentity, SlackReader
 from bot.platforms.slack.threads import ThreadContext
@@ -44,7 +44,6 @@ from bot.types import ChannelKey, IncomingMessage
 log = logging.getLogger(__name__)
 
 SHORTCUT_CALLBACK_ID = "summarize_thread"
-EXPLAIN_CALLBACK_ID = "explain_message"
 SUGGESTED_PROMPTS = (
     {"title": "Ask me anything", "message": "What can you help me with?"},
     {"title": "Draft a message", "message": "Help me write a short, friendly update for my team."},
@@ -82,8 +81,10 @@ class SlackListeners:
         for slash in sorted({*SLASH_COMMANDS, *(f"/{name}" for name in COMMANDS)}):
             app.command(slash)(self._on_command)
         app.shortcut(SHORTCUT_CALLBACK_ID)(self._on_shortcut)
-        app.shortcut(EXPLAIN_CALLBACK_ID)(self._on_explain)
         app.action(ACTION_ID)(self._on_action)
+        MessageShortcuts(settings=self.settings, reader=self.reader, delivery=self.delivery,
+                         flow=self.flow, allowed=self.allowed,
+                         spawn=self._spawn).register(app)
 
     def allowed(self, channel: str, is_direct: bool) -> bool:
         allowed = self.settings.allowed_channels
@@ -169,35 +170,6 @@ class SlackListeners:
             self.delivery.client.assistant_threads_setSuggestedPrompts, channel_id=channel,
             thread_ts=ts, title="Try one of these, or ask anything:", prompts=prompts),
             retries=0)
-
-    async def _on_explain(self, ack: AsyncAck, shortcut: dict[str, Any],
-                          respond: AsyncRespond) -> None:
-        await ack()
-        self._spawn(self._explain(shortcut, respond))
-
-    async def _explain(self, shortcut: dict[str, Any], respond: AsyncRespond) -> None:
-        """The "Explain" message shortcut: the answer goes in the message's thread."""
-        user = str(as_mapping(shortcut.get("user")).get("id", ""))
-        message = as_mapping(shortcut.get("message"))
-        author = str(message.get("user") or "")
-        names = await self.reader.names([user, author, *mentioned_user_ids(
-            str(message.get("text") or ""))])
-        base = shortcut_to_incoming(shortcut, names=names)
-        target = Target(base.key.channel_id, None, respond, ephemeral=True)
-        if not self.allowed(base.key.channel_id, base.is_direct):
-            await self.delivery.respond(target, ["I'm not enabled in this channel."])
-            return
-        try:
-            text = about_message(names.get(author) or author or "someone",
-                                 slack_to_text(str(message.get("text") or ""), names), EXPLAIN,
-                                 limit=self.settings.max_input_chars)
-        except UserError as exc:
-            await self.delivery.respond(target, [str(exc)])
-            return
-        root = str(message.get("thread_ts") or message.get("ts") or "")
-        msg = dataclasses.replace(base, key=ChannelKey("slack", base.key.channel_id, root or None),
-                                  text=text, command="ask", args=text)
-        await self.flow.answer(msg, Target(msg.key.channel_id, root or None, respond))
 
     # ------------------------------------------------------------------ handling
 

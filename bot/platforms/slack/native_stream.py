@@ -33,7 +33,7 @@ EXPIRED = frozenset({"message_not_in_streaming_state", "streaming_state_conflict
 """The stream's message is no longer streaming: go on with chat.update."""
 REFUSED_FOR_GOOD = frozenset({"unknown_method", "missing_scope", "not_allowed_token_type",
                               "method_deprecated", "feature_not_enabled", "not_allowed",
-                              "invalid_arguments", "team_not_allowed", "access_denied"})
+                              "team_not_allowed", "access_denied"})
 """The workspace or app cannot use the method at all: stop trying it."""
 APPEND_CHARS = 12_000
 """Slack's limit on one ``markdown_text``."""
