@@ -90,9 +90,9 @@ def log_finished(path: str) -> None:
 
 def log_prompts(path: str) -> None:
     """Append each prompt the core builds to `path` as a JSON line (flushed at once)."""
-    import bot.core.conversation
+    import bot.core.stable_prompt
 
-    original: Callable[..., Any] = bot.core.conversation.build_chat_prompt
+    original: Callable[..., Any] = bot.core.stable_prompt.build_chat_prompt
     lock = threading.Lock()
 
     @functools.wraps(original)
@@ -102,7 +102,7 @@ def log_prompts(path: str) -> None:
             out.write(json.dumps(prompt) + "\n")
         return prompt
 
-    bot.core.conversation.build_chat_prompt = build  # type: ignore[assignment]
+    bot.core.stable_prompt.build_chat_prompt = build  # type: ignore[assignment]
 
 
 def clean_environment(settings: Mapping[str, str]) -> dict[str, str]:
