@@ -210,7 +210,7 @@ async def test_slash_ask_answers_carry_the_controls(
         assert original is not None and original["content"].endswith("answer 1")
         again = await press_button(fake, original, "Regenerate")
         await acked(again)
-        await message_becomes(fake, original, lambda m: m["content"].endswith("answer 2"))
+        await message_becomes(fake, original, lambda m: m["content"] == "> why?\nanswer 2")
         await settled(fake, adapter)
     key = key_of(fake)
     assert [t.text for t in await history.recent(key)] == ["why?", "answer 2"]

@@ -29,6 +29,15 @@ WORKING = {"regenerate": "_Writing a new answer…_", "continue": None}
 """Shown while the new text has not started (None: the answer so far stays)."""
 
 
+def quoted_question(content: str) -> tuple[str, str]:
+    """An answer's message split into the question quoted above it (a slash command's or a
+    message command's, see `text.quote_prompt`) and the answer; the quote stays on top."""
+    first, newline, rest = content.partition("\n")
+    if first.startswith("> ") and newline:
+        return first + newline, rest
+    return "", content
+
+
 class OriginalMessage:
     """The message a button is on, edited through the interaction (its webhook)."""
 
@@ -66,14 +75,16 @@ class PressHandler:
                       and interaction.permissions.manage_messages,
                       is_direct=interaction.context.dm_channel)
         live, before = None, None
+        quote, shown = quoted_question(message.content)
         if control in ("regenerate", "continue"):
             live = LiveReply(self._follow_up(interaction), allowed_mentions=safe_mentions(),
-                             throttle=EditThrottle(self.edit_interval), where=describe(channel))
+                             throttle=EditThrottle(self.edit_interval), where=describe(channel),
+                             prefix=quote)
             before = controls_view(controls_of(message.components), answer_to)
             live.adopt(OriginalMessage(interaction), message.content, before)  # type: ignore[arg-type]
             live.view = controls_view(("stop",), answer_to)
             working = WORKING[control]
-            await live.progress(working or message.content)
+            await live.progress(working or shown)
         result = await self.core.controls.press(
             press, on_progress=live.progress if live is not None else None)
         if isinstance(result, Reply) and live is not None:
@@ -82,7 +93,7 @@ class PressHandler:
             return
         if live is not None:  # refused or failed: the answer as it was (no buttons if gone)
             live.view = None if result == GONE else before
-            await live.finish(message.content)
+            await live.finish(shown)
         if isinstance(result, str):
             await self._note(interaction, result)
 
