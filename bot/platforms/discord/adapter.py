@@ -15,13 +15,18 @@ What a Discord user sees:
   message that then grows into its answer. A question deleted before its turn is dropped.
 * On shutdown, answers get `shutdown_grace` to finish; one still running then ends with a
   note that the bot is restarting (or, if nothing was posted yet, the asker is told so).
+* Each answer carries buttons: Stop while it is written, then Regenerate, Continue (when cut
+  at the reply budget), 👍 and 👎 (`controls_view`, pressed through `presses`). Message
+  commands (Summarize from here, Ask about this, Explain) and slash commands run through
+  `command_runner`; a forum post is a thread like any other.
 
 Failures stay local: a missing permission or a refused request is logged and that one answer
 is dropped (with a log line saying so); a missing Message Content intent is reported once at
 start-up and `start()` returns, so the other platforms keep running. A gateway event
 discord.py cannot parse is logged and skipped instead of ending the connection. The
 translation of Discord objects is pure and lives in `text`; `live_reply` shows an answer,
-`gateway` is the discord.py client and `slash_commands` declares the commands.
+`gateway` is the discord.py client, `slash_commands` and `message_commands` declare the
+commands.
 """
 
 from __future__ import annotations

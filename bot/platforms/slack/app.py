@@ -15,7 +15,10 @@ What a Slack user sees:
   summarises the thread of the message it is used on.
 
 A request that has to wait for the model shows "Queued: N ahead of you…" in its placeholder
-until the answer replaces it; a message deleted before its turn is not answered.
+until the answer replaces it; a message deleted before its turn is not answered. In a thread
+the answer streams with Slack's own streaming after an "is thinking..." status
+(`native_stream`, falling back to edits), and every answer ends with its controls (Stop,
+Regenerate, Continue, feedback; `controls`, pressed through `presses`).
 
 Every human message the bot can see is passed to the core, which answers it or keeps it as
 context. A thread is read from Slack the first time the bot takes part in it. Slack API
