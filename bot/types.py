@@ -12,6 +12,9 @@ from typing import Literal, TypeAlias
 
 Platform: TypeAlias = Literal["console", "discord", "slack"]
 Role: TypeAlias = Literal["user", "assistant"]
+Control: TypeAlias = Literal["stop", "regenerate", "continue", "up", "down"]
+"""What a person can do to an answer (see `bot.core.controls`): stop it while it is written,
+regenerate it, continue it when it was cut at the reply budget, or rate it up or down."""
 ChatMessage: TypeAlias = dict[str, str]
 """One chat-template message: ``{"role": "system" | "user" | "assistant", "content": "..."}``."""
 Prompt: TypeAlias = list[ChatMessage]
@@ -72,6 +75,31 @@ class Reply:
     text: str
     reply_to: str | None = None
     ephemeral: bool = False
+    controls: tuple[Control, ...] = ()
+    """The controls this answer offers (a chat answer; empty for commands), for the adapter
+    to render as buttons keyed by `reply_to`, the message the answer replies to."""
+
+
+@dataclass(frozen=True, slots=True)
+class Press:
+    """Someone pressed a control of an answer, as the adapter translated it.
+
+    Attributes:
+        key: the conversation of the answer.
+        answer_to: the message the answer replies to (the question): it names the answer.
+        user_id, user_name: who pressed.
+        is_admin: the platform says the presser may manage this channel (checked by the
+            adapter against the platform's permissions).
+        is_direct: a direct message, where the presser owns the conversation.
+    """
+
+    key: ChannelKey
+    answer_to: str
+    control: Control
+    user_id: str
+    user_name: str
+    is_admin: bool = False
+    is_direct: bool = False
 
 
 @dataclass(frozen=True, slots=True)

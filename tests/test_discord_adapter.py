@@ -200,7 +200,12 @@ async def test_mention_types_then_replies_and_grows_in_place(
     assert typing.time < create.time
     edits = fake.message_edits(final["id"])
     shown = [create.json["content"]] + [e.json["content"] for e in edits]
-    assert shown == ["echo:", "echo: one", "echo: one two", "echo: one two three"]
+    # The last edit only swaps the Stop button for the finished answer's controls.
+    assert shown == ["echo:", "echo: one", "echo: one two", "echo: one two three",
+                     "echo: one two three"]
+    labels = [[b.get("label") or b["emoji"]["name"] for b in r["json"]["components"][0]
+               ["components"]] for r in ({"json": create.json}, {"json": edits[-1].json})]
+    assert labels == [["Stop"], ["Regenerate", "👍", "👎"]]
     assert final["message_reference"]["message_id"] == asked["id"]
     # The reply pings the asker, and only the asker.
     assert [m["id"] for m in create.response["mentions"]] == [str(alice(fake).id)]
@@ -414,10 +419,15 @@ async def test_slash_commands_are_registered_with_typed_options(
         fake: FakeDiscord, core: ConversationCore, settings: Settings) -> None:
     async with serving(fake, core, settings):
         pass
-    commands = {c["name"]: c for c in fake.registered_commands()}
+    commands = {c["name"]: c for c in fake.registered_commands() if c.get("type", 1) == 1}
     assert set(commands) == {"ask", "summarize", "reset", "help", "status", "persona",
                              "settings", "reindex", "forget", "model"}
     assert all(c["description"] for c in commands.values())
+    menus = {c["name"] for c in fake.registered_commands() if c.get("type") == 3}
+    assert menus == {"Summarize from here", "Ask about this", "Explain"}
+    for command in fake.registered_commands():  # installable by a server or a user
+        assert command["integration_types"] == [0, 1]
+        assert sorted(command["contexts"]) == [0, 1, 2]
     (prompt,) = commands["ask"]["options"]
     assert (prompt["name"], prompt["type"], prompt["required"]) == ("prompt", 3, True)
     (count,) = commands["summarize"]["options"]
@@ -435,7 +445,7 @@ async def test_guild_id_registers_commands_in_that_server_only(
     assert fake.registered_commands() == []
     assert {c["name"] for c in fake.registered_commands(fake.default_guild)} == {
         "ask", "summarize", "reset", "help", "status", "persona", "settings", "reindex",
-        "forget", "model"}
+        "forget", "model", "Summarize from here", "Ask about this", "Explain"}
 
 
 async def test_slash_ask_defers_within_deadline_then_streams_follow_up(

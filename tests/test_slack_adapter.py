@@ -40,6 +40,7 @@ from bot.platforms.slack.events import (
     to_incoming,
 )
 from bot.platforms.slack.format import PART_CHARS, WORD_JOINER
+from bot.platforms.slack.message_shortcuts import ASK_CALLBACK_ID, EXPLAIN_CALLBACK_ID
 from bot.storage.interface import ChannelSettings, HistoryStore
 from bot.types import ChannelKey, Reply, Turn
 from tests.conftest import with_settings
@@ -823,14 +824,18 @@ def test_manifest_declares_what_the_adapter_uses() -> None:
                 "/collapse", "/expand", "/leave", "/join", "/open", "/search", "/topic",
                 "/mute", "/invite", "/shortcuts"}
     assert not reserved & set(commands), "Slack rejects manifests naming built-in commands"
-    assert [s["callback_id"] for s in features["shortcuts"]] == [SHORTCUT_CALLBACK_ID]
+    assert [s["callback_id"] for s in features["shortcuts"]] == [
+        SHORTCUT_CALLBACK_ID, EXPLAIN_CALLBACK_ID, ASK_CALLBACK_ID]
     assert settings["socket_mode_enabled"] is True
     assert settings["interactivity"]["is_enabled"] is True
     assert set(settings["event_subscriptions"]["bot_events"]) == {
-        "app_mention", "message.channels", "message.groups", "message.im", "message.mpim"}
+        "app_mention", "message.channels", "message.groups", "message.im", "message.mpim",
+        "assistant_thread_started"}
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
-    assert {"app_mentions:read", "chat:write", "commands", "users:read",
-            "channels:history", "im:history"} <= scopes
+    assert scopes == {"app_mentions:read", "assistant:write", "channels:history",
+                      "channels:read", "chat:write", "commands", "groups:history",
+                      "groups:read", "im:history", "mpim:history", "users:read"}
+    assert features["assistant_view"]["assistant_description"]
     assert features["app_home"]["messages_tab_enabled"] is True
 
 

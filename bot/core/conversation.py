@@ -26,11 +26,13 @@ from bot.core.commands import (
     QueueCallback,
     TranscriptFetcher,
 )
+from bot.core.controls import Controls
 from bot.core.documents import DocumentDesk
 from bot.core.grounding import Evidence
 from bot.core.inflight import InFlight, Stale
 from bot.core.personas import DEFAULT_PERSONA, Persona, load_personas
 from bot.core.prompting import knowledge_block
+from bot.core.reanswer import Reanswering
 from bot.core.repetition import trim_loop
 from bot.core.stable_prompt import StablePrompts
 from bot.core.summarize import summarize_lines
@@ -107,6 +109,9 @@ class ConversationCore:
         self._prompts = StablePrompts()
         self._answerer = Answerer(worker=worker, settings=settings, metrics=self.metrics,
                                   inflight=self.inflight, knowledge=knowledge)
+        self.controls = Controls(self, Reanswering(self, answerer=self._answerer,
+                                                   locks=self._locks), wall=self._wall)
+        """Stop, Regenerate, Continue and votes on answers (`bot.core.controls`)."""
         # Summaries (`complete`) run without a repetition penalty: it also counts the
         # transcript's words, which a summary should reuse (ROUGE-L 0.37 without, 0.33 with).
         self.sampling = SamplingParams(max_new_tokens=settings.max_new_tokens,
@@ -142,7 +147,7 @@ class ConversationCore:
         log.info("request from %s in %s: %s", msg.author_id, msg.key,
                  f"/{command}" if command else f"{len(text)} characters")
         try:
-            await self._check_rate(msg)
+            await self.check_rate(msg)
             if command is None:
                 answer = await self.chat(msg, text, on_progress=on_progress,
                                          on_queued=on_queued)
@@ -170,7 +175,8 @@ class ConversationCore:
             answer = APOLOGY
         self.metrics.count(msg.key.platform, request_outcome.get())
         log.info("reply: %s, %d characters", request_outcome.get(), len(answer))
-        return Reply(msg.key, answer, reply_to=msg.message_id)
+        return Reply(msg.key, answer, reply_to=msg.message_id,
+                     controls=self.controls.offered(msg))
 
     def message_deleted(self, key: ChannelKey, message_id: str) -> None:
         """An adapter saw a message deleted: a request for it is dropped, not answered."""
@@ -182,7 +188,7 @@ class ConversationCore:
         (`Claims.claimed`: several instances may receive the same event)."""
         return self.claims.claimed(key, message_id, event_id, order=order)
 
-    async def _check_rate(self, msg: IncomingMessage) -> None:
+    async def check_rate(self, msg: IncomingMessage) -> None:
         if msg.is_admin:
             return  # admins are exempt, so they can always reach /reset and /settings
         limit = self.settings.rate_limit_per_minute
@@ -314,7 +320,7 @@ class ConversationCore:
                 raise Stale(f"message {msg.message_id} was deleted while queued") from None
             finally:
                 self.inflight.done(pending)
-            await self.history.add(msg.key, Turn("assistant", self.settings.bot_name, answer))
+            await self.controls.record(msg, answer, persona=persona, channel=channel)
             self.inflight.answered(msg)
         return reading.finish(answer, sources)
 
@@ -376,6 +382,7 @@ class ConversationCore:
         if self.knowledge is not None:
             kb = await self.knowledge.stats()
             lines.append(f"Knowledge base: {kb.documents} documents, {kb.passages} passages")
+        lines.append(await self.controls.status_line(key))
         for provide in self.status_providers:
             lines.extend(provide())
         lines.append(f"Uptime: {hours}h {minutes:02d}m {seconds:02d}s")

@@ -1,7 +1,9 @@
 """Which requests are waiting or generating, and which went stale before their turn.
 
 A message deleted while it waits, or overtaken by a newer message from the same author in
-the same conversation, is dropped instead of answered: the user has moved on.
+the same conversation, is dropped instead of answered: the user has moved on. A request
+someone stopped (the Stop control) is cancelled and remembered as stopped, so its answer is
+kept as far as it got instead of being dropped.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from bot.engines.handles import GenerationHandle
 from bot.types import ChannelKey, IncomingMessage
 
 MAX_DELETED = 10_000
-"""Deleted message ids remembered (oldest forgotten first)."""
+"""Deleted message ids remembered (oldest forgotten first); askers likewise."""
 
 Pending = tuple[ChannelKey, str]
 """A request, by the conversation and the platform message it answers."""
@@ -29,10 +31,34 @@ class InFlight:
         self._latest: dict[tuple[ChannelKey, str], str] = {}
         self._deleted: OrderedDict[Pending, None] = OrderedDict()
         self._handles: dict[Pending, GenerationHandle] = {}
+        self._askers: OrderedDict[Pending, str] = OrderedDict()
+        self._stopped: set[Pending] = set()
 
     def arrived(self, msg: IncomingMessage) -> None:
         """`msg` is now its author's latest request in its conversation."""
         self._latest[(msg.key, msg.author_id)] = msg.message_id
+        self.asked(msg.key, msg.message_id, msg.author_id)
+
+    def asked(self, key: ChannelKey, message_id: str, author_id: str) -> None:
+        """Who is waiting for the answer to `message_id` (who may stop it)."""
+        self._askers[(key, message_id)] = author_id
+        while len(self._askers) > MAX_DELETED:
+            self._askers.popitem(last=False)
+
+    def asker(self, pending: Pending) -> str | None:
+        return self._askers.get(pending)
+
+    def stop(self, pending: Pending) -> bool:
+        """Stop the request's generation, keeping what it wrote; False if none is running."""
+        handle = self._handles.get(pending)
+        if handle is None or handle.cancelled:
+            return False
+        self._stopped.add(pending)
+        handle.cancel()  # the worker stops between tokens; a server sees the stream closed
+        return True
+
+    def stopped(self, pending: Pending) -> bool:
+        return pending in self._stopped
 
     def answered(self, msg: IncomingMessage) -> None:
         author = (msg.key, msg.author_id)
@@ -73,3 +99,5 @@ class InFlight:
 
     def done(self, pending: Pending) -> None:
         self._handles.pop(pending, None)
+        self._stopped.discard(pending)
+        self._askers.pop(pending, None)

@@ -37,6 +37,8 @@ class BotMetrics:
                                  registry=self.registry)
         self.history_messages = Gauge("bot_history_messages", "Messages stored in history",
                                       registry=self.registry)
+        self.feedback = Counter("bot_feedback", "Votes on answers (new or changed), by value",
+                                ["platform", "value"], registry=self.registry)
 
     def watch_queue(self, depth: Callable[[], int]) -> None:
         """Read the queue depth live at every scrape."""
@@ -44,6 +46,10 @@ class BotMetrics:
 
     def count(self, platform: str, outcome: str) -> None:
         self.requests.labels(platform=platform, outcome=outcome).inc()
+
+    def count_feedback(self, platform: str, value: str) -> None:
+        """A vote (``up`` or ``down``) was cast or changed to `value`."""
+        self.feedback.labels(platform=platform, value=value).inc()
 
     def observe_generation(self, *, first_token: float | None, total: float,
                            tokens: int) -> None:

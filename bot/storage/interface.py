@@ -12,6 +12,13 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from bot.storage.answer_records import (
+    AnswerMeta,
+    FeedbackCounts,
+    FeedbackRecord,
+    StoredAnswer,
+    Vote,
+)
 from bot.types import ChannelKey, Document, Section, Turn
 
 
@@ -140,4 +147,46 @@ class HistoryStore(Protocol):
                        window: float = 60.0) -> float:
         """Count one request of `key` unless it made `limit` in the last `window` seconds
         (`now` is wall-clock seconds); returns 0 when counted, else seconds until allowed."""
+        ...
+
+    # -- answers and their feedback (issue #18) ----------------------------------------
+
+    async def add_answer(self, key: ChannelKey, turn: Turn, *, question_id: str,
+                         meta: AnswerMeta) -> None:
+        """Append the bot's `turn` answering message `question_id`, with its meta: the
+        answer the controls act on. Durable once this returns, like `add`."""
+        ...
+
+    async def answer(self, key: ChannelKey, question_id: str) -> StoredAnswer | None:
+        """The stored answer to `question_id`, or None once it is gone (erased, or cut from
+        history by its bound or retention)."""
+        ...
+
+    async def turns_before(self, key: ChannelKey, question_id: str,
+                           limit: int | None = None) -> list[Turn] | None:
+        """The conversation before the question `question_id`, oldest first (at most `limit`
+        turns); None when that question is no longer stored."""
+        ...
+
+    async def revise_answer(self, key: ChannelKey, question_id: str, text: str, *,
+                            meta: AnswerMeta, new_revision: bool) -> int | None:
+        """Replace the answer's text and meta in place (its place in history is kept).
+
+        `new_revision` makes it a new answer (Regenerate) whose votes start afresh; a
+        continued answer keeps its revision. Returns the revision, or None when it is gone.
+        """
+        ...
+
+    async def vote(self, key: ChannelKey, question_id: str, voter_id: str, value: int, *,
+                   now: float) -> Vote:
+        """Store `voter_id`'s vote (+1 or -1) on the answer's current revision, with a copy
+        of the question and answer; a second vote of the same person replaces the first."""
+        ...
+
+    async def feedback_counts(self, key: ChannelKey) -> FeedbackCounts:
+        """Votes on the answers of `key`'s channel and its threads."""
+        ...
+
+    async def feedback_since(self, since: float) -> list[FeedbackRecord]:
+        """Votes cast since `since` (wall-clock seconds), oldest first."""
         ...

@@ -29,6 +29,12 @@ from psycopg_pool import AsyncConnectionPool
 from bot.errors import StoreUnavailable
 from bot.storage import postgres_documents as pg_documents
 from bot.storage.interface import ChannelSettings, HistoryStats
+from bot.storage.postgres_answers import (
+    ANSWERS_SCHEMA,
+    PostgresAnswers,
+    erase_answers,
+    insert_turn,
+)
 from bot.types import ChannelKey, Document, Role, Turn
 
 log = logging.getLogger(__name__)
@@ -95,7 +101,7 @@ def lock_id(text: str) -> int:
                           signed=True)
 
 
-class PostgresHistoryStore:
+class PostgresHistoryStore(PostgresAnswers):
     """The `HistoryStore` protocol on a PostgreSQL server shared by several bot instances.
 
     Args:
@@ -213,6 +219,7 @@ class PostgresHistoryStore:
                                    (version, self._clock()))
                 log.info("PostgreSQL schema upgraded to version %d", version)
             await conn.execute(pg_documents.SCHEMA)
+            await conn.execute(ANSWERS_SCHEMA)  # idempotent, apart from the numbered ones
 
     async def _with(self, work: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
         """Run `work` on a pooled connection; a lost server becomes `StoreUnavailable`."""
@@ -237,21 +244,16 @@ class PostgresHistoryStore:
 
     async def add(self, key: ChannelKey, turn: Turn, *, message_id: str | None = None) -> None:
         """Append a turn and drop the channel's oldest beyond the bound (one transaction)."""
-        where = _where(key)
 
         async def run(conn: psycopg.AsyncConnection[Any]) -> None:
             async with conn.transaction():
-                await conn.execute(
-                    "INSERT INTO turns (platform, channel_id, thread_id, role, author, text,"
-                    " message_id, created_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                    (*where, turn.role, _text(turn.author), _text(turn.text), message_id,
-                     self._clock()))
-                await conn.execute(
-                    "DELETE FROM turns WHERE platform = %s AND channel_id = %s AND thread_id = %s"
-                    " AND id <= (SELECT id FROM turns WHERE platform = %s AND channel_id = %s"
-                    " AND thread_id = %s ORDER BY id DESC LIMIT 1 OFFSET %s)",
-                    (*where, *where, self.max_per_channel))
+                await self._insert_turn(conn, key, turn, message_id)
         await self._with(run)
+
+    async def _insert_turn(self, conn: psycopg.AsyncConnection[Any], key: ChannelKey,
+                           turn: Turn, message_id: str | None) -> int:
+        return await insert_turn(conn, key, turn, message_id, now=self._clock(),
+                                 keep=self.max_per_channel)
 
     async def recent(self, key: ChannelKey, limit: int | None = None) -> list[Turn]:
         rows = await self._fetchall(
@@ -262,14 +264,9 @@ class PostgresHistoryStore:
         return [Turn(cast(Role, role), author, text) for role, author, text in rows]
 
     async def reset(self, key: ChannelKey) -> int:
-        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
-            async with conn.transaction():
-                await conn.execute("DELETE FROM documents WHERE platform = %s AND channel_id = %s"
-                                   " AND thread_id = %s", _where(key))
-                return (await conn.execute(
-                    "DELETE FROM turns WHERE platform = %s AND channel_id = %s"
-                    " AND thread_id = %s", _where(key))).rowcount
-        return await self._with(run)
+        where = "platform = %s AND channel_id = %s AND thread_id = %s"
+        return await self._delete_turns(where, _where(key),
+                                        also=("answers", "feedback", "documents"))
 
     async def stats(self) -> HistoryStats:
         rows = await self._fetchall(
@@ -295,6 +292,8 @@ class PostgresHistoryStore:
                 await conn.execute(
                     "DELETE FROM documents WHERE platform = %s AND channel_id = %s",
                     (key.platform, key.channel_id))
+                await erase_answers(conn, "platform = %s AND channel_id = %s",
+                                    (key.platform, key.channel_id))
             return deleted
         return await self._with(run)
 
@@ -302,14 +301,16 @@ class PostgresHistoryStore:
         await self._rowcount(
             "DELETE FROM documents WHERE platform = %s AND channel_id = %s AND thread_id = %s"
             " AND message_id = %s", (*_where(key), message_id))
-        return await self._rowcount(
-            "DELETE FROM turns WHERE platform = %s AND channel_id = %s AND thread_id = %s"
-            " AND message_id = %s", (*_where(key), message_id))
+        # Votes hold a copy of the question: they go with it.
+        return await self._delete_turns(
+            "platform = %s AND channel_id = %s AND thread_id = %s AND message_id = %s",
+            (*_where(key), message_id), also=("feedback",),
+            also_where="platform = %s AND channel_id = %s AND thread_id = %s AND question_id = %s")
 
     async def prune(self, older_than_days: float) -> int:
         cutoff = self._clock() - older_than_days * 86_400
-        await self._rowcount("DELETE FROM documents WHERE created_at < %s", (cutoff,))
-        return await self._rowcount("DELETE FROM turns WHERE created_at < %s", (cutoff,))
+        return await self._delete_turns("created_at < %s", (cutoff,),
+                                        also=("answers", "feedback", "documents"))
 
     # -- shared documents (issue #17; SQL in postgres_documents) ------------------------
 

@@ -8,6 +8,7 @@ the event loop never waits on disk.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable
@@ -21,6 +22,7 @@ from bot.storage.interface import (
     document_from_row,
     sections_to_json,
 )
+from bot.storage.sqlite_answers import ANSWERS_SCHEMA, SQLiteAnswers, erase_answers
 from bot.storage.sqlite_runner import SQLiteRunner
 from bot.types import ChannelKey, Document, Role, Turn
 
@@ -75,7 +77,7 @@ CLAIM_TTL = 86_400.0
 """Claimed event ids are kept a day: platforms redeliver within minutes, not days."""
 
 
-class SQLiteHistoryStore:
+class SQLiteHistoryStore(SQLiteAnswers):
     """Bounded per-channel history, keyed by platform + channel + thread.
 
     Args:
@@ -96,7 +98,7 @@ class SQLiteHistoryStore:
         self._hits: dict[str, deque[float]] = {}
         self._opened = False
         self._last_cleanup = 0.0
-        self._sql = SQLiteRunner(path, _SCHEMA, name="history")
+        self._sql = SQLiteRunner(path, _SCHEMA + ANSWERS_SCHEMA, name="history")
         self._run = self._sql.run
         self._conn = self._sql.conn
 
@@ -222,18 +224,25 @@ class SQLiteHistoryStore:
 
     def _add(self, key: ChannelKey, turn: Turn, message_id: str | None) -> None:
         db = self._conn()
-        where = (key.platform, key.channel_id, key.thread_id or "")
         with db:
             db.execute("BEGIN IMMEDIATE")
-            db.execute(
-                "INSERT INTO turns (platform, channel_id, thread_id, role, author, text,"
-                " message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (*where, turn.role, turn.author, turn.text, message_id, self._clock()))
-            db.execute(
-                "DELETE FROM turns WHERE platform = ? AND channel_id = ? AND thread_id = ?"
-                " AND id <= (SELECT id FROM turns WHERE platform = ? AND channel_id = ?"
-                " AND thread_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
-                (*where, *where, self.max_per_channel))
+            self._insert_turn(db, key, turn, message_id)
+
+    def _insert_turn(self, db: sqlite3.Connection, key: ChannelKey, turn: Turn,
+                     message_id: str | None) -> int:
+        """Insert a turn and drop the conversation's oldest beyond the bound (in the
+        caller's transaction); returns the new turn's id."""
+        where = (key.platform, key.channel_id, key.thread_id or "")
+        turn_id = db.execute(
+            "INSERT INTO turns (platform, channel_id, thread_id, role, author, text,"
+            " message_id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (*where, turn.role, turn.author, turn.text, message_id, self._clock())).lastrowid
+        db.execute(
+            "DELETE FROM turns WHERE platform = ? AND channel_id = ? AND thread_id = ?"
+            " AND id <= (SELECT id FROM turns WHERE platform = ? AND channel_id = ?"
+            " AND thread_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
+            (*where, *where, self.max_per_channel))
+        return int(turn_id or 0)
 
     def _recent(self, key: ChannelKey, limit: int) -> list[Turn]:
         rows = self._conn().execute(
@@ -252,6 +261,8 @@ class SQLiteHistoryStore:
             db.execute(
                 "DELETE FROM documents WHERE platform = ? AND channel_id = ? AND thread_id = ?",
                 (key.platform, key.channel_id, key.thread_id or ""))
+            erase_answers(db, "platform = ? AND channel_id = ? AND thread_id = ?",
+                          (key.platform, key.channel_id, key.thread_id or ""))
         return cursor.rowcount
 
     def _stats(self) -> HistoryStats:
@@ -295,6 +306,7 @@ class SQLiteHistoryStore:
                        (key.platform, key.channel_id))
             db.execute("DELETE FROM documents WHERE platform = ? AND channel_id = ?",
                        (key.platform, key.channel_id))
+            erase_answers(db, "platform = ? AND channel_id = ?", (key.platform, key.channel_id))
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
 
@@ -304,7 +316,10 @@ class SQLiteHistoryStore:
             deleted = db.execute("DELETE FROM turns WHERE created_at < ?", (cutoff,)).rowcount
             documents = db.execute("DELETE FROM documents WHERE created_at < ?",
                                    (cutoff,)).rowcount
-        if deleted or documents:
+            erased = db.execute("SELECT COUNT(*) FROM feedback WHERE created_at < ?",
+                                (cutoff,)).fetchone()[0]
+            erase_answers(db, "created_at < ?", (cutoff,))
+        if deleted or documents or erased:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         return deleted
 
@@ -320,9 +335,13 @@ class SQLiteHistoryStore:
         with db:
             db.execute("DELETE FROM documents WHERE platform = ? AND channel_id = ?"
                        " AND thread_id = ? AND message_id = ?", where)
-            return db.execute(
+            deleted = db.execute(
                 "DELETE FROM turns WHERE platform = ? AND channel_id = ? AND thread_id = ?"
                 " AND message_id = ?", where).rowcount
+            # Votes hold a copy of the question: they go with it.
+            db.execute("DELETE FROM feedback WHERE platform = ? AND channel_id = ?"
+                       " AND thread_id = ? AND question_id = ?", where)
+        return deleted
 
     def _add_document(self, key: ChannelKey, document: Document,
                       message_id: str | None) -> None:

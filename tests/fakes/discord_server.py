@@ -42,6 +42,8 @@ from urllib.parse import quote
 
 from aiohttp import BodyPartReader, WSMsgType, web
 
+from tests.fakes.discord_openapi import check as openapi_check
+
 if TYPE_CHECKING:
     import discord
 
@@ -730,6 +732,9 @@ class FakeDiscord:
             Discord does (so a bot that does not ignore itself is caught).
         default_guild: create ``default_guild`` ("Fake Guild") with ``default_channel``
             (#general) and ``default_user`` (a member named "alice").
+        check_schema: check request bodies against Discord's OpenAPI description
+            (`discord_openapi`); a body with components takes a few milliseconds of this
+            event loop, which a test timing the loop can turn off.
     """
 
     def __init__(
@@ -744,6 +749,7 @@ class FakeDiscord:
         echo_bot_messages: bool = True,
         default_guild: bool = True,
         shutdown_timeout: float = 2.0,
+        check_schema: bool = True,
     ) -> None:
         self.token = token
         self.heartbeat_interval_ms = heartbeat_interval_ms
@@ -751,6 +757,7 @@ class FakeDiscord:
         self.interaction_ack_timeout = interaction_ack_timeout
         self.enforce_permissions = enforce_permissions
         self.echo_bot_messages = echo_bot_messages
+        self.check_schema = check_schema
         self._shutdown_timeout = shutdown_timeout
 
         self._last_snowflake = 0
@@ -778,6 +785,8 @@ class FakeDiscord:
         self.requests: list[RecordedRequest] = []
         self.unhandled_requests: list[RecordedRequest] = []
         self.handler_errors: list[BaseException] = []
+        #: Requests whose body Discord's OpenAPI description rejects (answered 400, 50035).
+        self.schema_errors: list[tuple[RecordedRequest, list[str]]] = []
         self.gateway_frames: list[GatewayFrame] = []
         self.connections: list[GatewayConnectionInfo] = []
         self.identifies: list[dict[str, Any]] = []
@@ -2077,6 +2086,13 @@ class FakeDiscord:
         self.requests.append(rec)
         request[_RECORD_KEY] = rec
         faulted = self._apply_fault(rec)
+        problems = [] if faulted is not None or not self.check_schema else openapi_check(
+            rec.method, rec.route, body)
+        if problems:
+            _log.warning("fake discord: %s %s breaks Discord's schema: %s", rec.method, rec.path,
+                         problems)
+            self.schema_errors.append((rec, problems))
+            faulted = ApiError(400, 50035, "Invalid Form Body: " + "; ".join(problems)).response()
         resp = faulted if faulted is not None else await self._handle(request, handler, rec)
         rec.status = resp.status
         if isinstance(resp, web.Response) and resp.body and resp.content_type == "application/json":

@@ -30,9 +30,13 @@ class PromptRenderer:
         self.uses_template = bool(getattr(tokenizer, "chat_template", None))
 
     def render(self, prompt: Prompt) -> str:
+        """The prompt as text; one ending with the assistant's message is continued from
+        there (the Continue control), not answered anew."""
+        continuing = bool(prompt) and prompt[-1]["role"] == "assistant"
         if self.uses_template:
             text = self.tokenizer.apply_chat_template(prompt, tokenize=False,
-                                                      add_generation_prompt=True)
+                                                      add_generation_prompt=not continuing,
+                                                      continue_final_message=continuing)
             return str(text)
         lines = []
         for message in prompt:
@@ -42,7 +46,7 @@ class PromptRenderer:
                 lines.append(f"{self.bot_name}: {message['content']}")
             else:
                 lines.append(message["content"])
-        return "\n".join(lines) + f"\n{self.bot_name}:"
+        return "\n".join(lines) + ("" if continuing else f"\n{self.bot_name}:")
 
     def encode(self, prompt: Prompt) -> list[int]:
         ids = self.tokenizer(self.render(prompt), add_special_tokens=not self.uses_template)

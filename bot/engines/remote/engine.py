@@ -329,6 +329,10 @@ class RemoteEngine:
             body["repetition_penalty"] = body["repeat_penalty"] = sampling.repetition_penalty
         if model:
             body["model"] = model
+        if prompt and prompt[-1]["role"] == "assistant":
+            # Continue that reply: vLLM and SGLang read these; llama.cpp's server and Ollama
+            # continue a final assistant message by themselves (and ignore the fields).
+            body["continue_final_message"], body["add_generation_prompt"] = True, False
         return body
 
     async def _stream_once(self, handle: RemoteHandle, prompt: Prompt,

@@ -15,13 +15,18 @@ What a Discord user sees:
   message that then grows into its answer. A question deleted before its turn is dropped.
 * On shutdown, answers get `shutdown_grace` to finish; one still running then ends with a
   note that the bot is restarting (or, if nothing was posted yet, the asker is told so).
+* Each answer carries buttons: Stop while it is written, then Regenerate, Continue (when cut
+  at the reply budget), 👍 and 👎 (`controls_view`, pressed through `presses`). Message
+  commands (Summarize from here, Ask about this, Explain) and slash commands run through
+  `command_runner`; a forum post is a thread like any other.
 
 Failures stay local: a missing permission or a refused request is logged and that one answer
 is dropped (with a log line saying so); a missing Message Content intent is reported once at
 start-up and `start()` returns, so the other platforms keep running. A gateway event
 discord.py cannot parse is logged and skipped instead of ending the connection. The
 translation of Discord objects is pure and lives in `text`; `live_reply` shows an answer,
-`gateway` is the discord.py client and `slash_commands` declares the commands.
+`gateway` is the discord.py client, `slash_commands` and `message_commands` declare the
+commands.
 """
 
 from __future__ import annotations
@@ -37,36 +42,39 @@ import discord
 
 from bot.config import Settings
 from bot.core.answering import SHUTDOWN_MARK
-from bot.core.commands import TranscriptFetcher
 from bot.core.conversation import APOLOGY, ConversationCore
 from bot.documents.intake import Intake
-from bot.errors import UserError
 from bot.platforms.base import EditThrottle
 from bot.platforms.discord.attachments import shared_from_message
+from bot.platforms.discord.command_runner import (
+    NOT_HERE,
+    PRIVATE_COMMANDS,
+    RESTARTING,
+    CommandRunner,
+)
+from bot.platforms.discord.controls_view import ControlButton, controls_view
 from bot.platforms.discord.gateway import make_client
 from bot.platforms.discord.live_reply import LiveReply, bounded, describe, queue_status
+from bot.platforms.discord.message_commands import register_message_commands
+from bot.platforms.discord.presses import PressHandler
 from bot.platforms.discord.slash_commands import Interaction, register_commands, sync_commands
 from bot.platforms.discord.text import (
     INVITE_SCOPES,
     REQUIRED_PERMISSIONS,
     channel_allowed,
-    interaction_to_incoming,
     is_chat_message,
-    message_to_turn,
-    quote_prompt,
     safe_mentions,
     to_incoming,
 )
-from bot.types import ChannelKey, IncomingMessage, Reply, Turn
+from bot.platforms.discord.transcripts import history_fetcher
+from bot.types import ChannelKey, Control, IncomingMessage, Reply
+
+__all__ = ["NOT_HERE", "PRIVATE_COMMANDS", "RESTARTING", "DiscordAdapter"]
 
 log = logging.getLogger(__name__)
 
-PRIVATE_COMMANDS = frozenset({"help", "status"})
-"""Answered only to the person who asked (ephemeral); the others are shown to the channel."""
 TYPING_REFRESH = 8.0
 """Seconds between typing triggers; Discord shows one for about 10 s."""
-HISTORY_SLACK = 5
-"""Extra messages read for /summarize, for placeholders and notices that get skipped."""
 INTENT_HELP = (
     "Discord refused the connection: the bot asks for the Message Content intent, which is not "
     "enabled for this application. Enable it at https://discord.com/developers/applications → "
@@ -78,8 +86,6 @@ TOKEN_HELP = (
     "https://discord.com/developers/applications → your application → Bot → Reset Token, put "
     "it in .env, and restart. Discord is not running; the other platforms keep going."
 )
-NOT_HERE = "I'm not enabled in this channel."
-RESTARTING = "I'm restarting right now; please try again in a moment."
 
 
 class DiscordAdapter:
@@ -109,9 +115,13 @@ class DiscordAdapter:
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending: dict[int, ChannelKey] = {}  # message id → its key, while answering
         self._stopping = False
+        self.runner = CommandRunner(self)
+        self.presses = PressHandler(core, edit_interval=edit_interval)
         register_commands(self.client.tree, self._run_tracked,
                           summary_default=settings.summary_default_messages,
                           personas=list(core.personas))
+        register_message_commands(self.client.tree, self.runner)
+        self.client.add_dynamic_items(ControlButton)  # buttons of answers, also after restarts
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -206,6 +216,21 @@ class DiscordAdapter:
         return discord.utils.oauth_url(self.client.application_id or 0,
                                        permissions=REQUIRED_PERMISSIONS, scopes=INVITE_SCOPES)
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def track(self, work: Coroutine[Any, Any, None]) -> None:
+        await self._track(work)
+
+    async def on_press(self, interaction: Interaction, control: Control, answer_to: str,
+                       /) -> None:
+        """A control of an answer was pressed (`controls_view.ControlButton`)."""
+        if self._stopping:
+            await self.runner.refuse(interaction, RESTARTING)
+            return
+        await self._track(self.presses.on_press(interaction, control, answer_to))
+
     async def _track(self, work: Coroutine[Any, Any, None]) -> None:
         """Run one answer as a task `stop()` can wait for (discord.py does not track them)."""
         task = asyncio.get_running_loop().create_task(work)
@@ -266,6 +291,9 @@ class DiscordAdapter:
         mentions = safe_mentions(message.author.id)
 
         async def post(index: int, text: str) -> discord.Message:
+            if index == 0 and live.view is not None:
+                return await channel.send(text, reference=reference, allowed_mentions=mentions,
+                                          view=live.view)
             if index == 0:
                 return await channel.send(text, reference=reference, allowed_mentions=mentions)
             return await channel.send(text, allowed_mentions=mentions)
@@ -273,14 +301,17 @@ class DiscordAdapter:
         live = LiveReply(post, allowed_mentions=mentions, throttle=EditThrottle(self.edit_interval),
                          where=describe(channel),
                          on_first_post=typing.cancel if typing is not None else None)
+        live.view = controls_view(("stop",), incoming.message_id)
+        bot_id = self.client.user.id if self.client.user else 0
         try:
             if self.intake is not None and (incoming.addressed or incoming.in_bot_thread):
                 incoming = dataclasses.replace(
                     incoming, shared=await shared_from_message(message, self.intake))
             reply = await self.core.handle(incoming, on_progress=live.progress,
-                                           fetch_transcript=self._fetcher(channel),
+                                           fetch_transcript=history_fetcher(channel, bot_id),
                                            on_queued=queue_status(live))
         except asyncio.CancelledError:  # stop() ran out of patience: say so in the channel
+            live.view = None
             if incoming.addressed or live.messages:
                 await bounded(live.interrupt(SHUTDOWN_MARK, RESTARTING))
             raise
@@ -292,6 +323,7 @@ class DiscordAdapter:
                 typing.cancel()
                 await asyncio.wait({typing})
         if reply is not None:
+            live.view = controls_view(reply.controls, incoming.message_id)
             await live.finish(reply.text)
         elif live.messages:
             await live.retract()  # a "Queued" line for a request that was dropped
@@ -321,28 +353,6 @@ class DiscordAdapter:
         except discord.ClientException:
             return True  # cannot tell; a refused send is handled anyway
         return perms.view_channel and bool(getattr(perms, need))
-
-    def _fetcher(self, channel: object) -> TranscriptFetcher | None:
-        """Reads the last messages of `channel` from Discord, for /summarize."""
-        if not isinstance(channel, discord.abc.Messageable):
-            return None
-        messageable = channel
-        bot_id = self.client.user.id if self.client.user else 0
-
-        async def fetch(count: int) -> list[Turn]:
-            try:
-                messages = [m async for m in messageable.history(limit=count + HISTORY_SLACK)]
-            except discord.Forbidden:
-                raise UserError("I can't read the history here: I need the Read Message "
-                                "History permission in this channel.") from None
-            except discord.HTTPException as exc:
-                log.warning("reading history in %s failed: %s", describe(channel), exc)
-                raise UserError("Discord would not give me this channel's history right now; "
-                                "please try again.") from None
-            turns = [t for m in reversed(messages) if (t := message_to_turn(m, bot_id))]
-            return turns[-count:]
-
-        return fetch
 
     async def send(self, reply: Reply) -> None:
         """Post a reply the core produced outside an event (split, safe mentions)."""
@@ -389,57 +399,4 @@ class DiscordAdapter:
 
     async def run_command(self, interaction: Interaction, command: str, args: str = "") -> None:
         """Defer at once (Discord's 3-second deadline), run the command, follow up."""
-        channel = interaction.channel
-        is_direct = interaction.guild_id is None
-        if self._stopping:
-            await self._refuse(interaction, RESTARTING)
-            return
-        if channel is None or not channel_allowed(channel, self.settings.allowed_channels,
-                                                  is_direct=is_direct):
-            await self._refuse(interaction, NOT_HERE)
-            return
-        incoming = interaction_to_incoming(interaction, channel, command, args)
-        async with self.core.claimed(incoming.key, incoming.message_id,
-                                     f"discord:interaction:{interaction.id}") as mine:
-            if mine:  # else another instance on this shard answers it
-                await self._run_claimed(interaction, incoming, command, args)
-
-    async def _run_claimed(self, interaction: Interaction, incoming: IncomingMessage,
-                           command: str, args: str) -> None:
-        channel = interaction.channel
-        private = command in PRIVATE_COMMANDS
-        try:
-            await interaction.response.defer(thinking=True, ephemeral=private)
-        except discord.HTTPException as exc:
-            log.warning("could not acknowledge /%s in time (%s)", command, exc)
-            return
-        mentions = safe_mentions(interaction.user.id)
-
-        async def post(index: int, text: str) -> discord.Message:
-            # The first follow-up after a deferral replaces the "thinking..." message.
-            return await interaction.followup.send(text, wait=True, ephemeral=private,
-                                                   allowed_mentions=mentions)
-
-        live = LiveReply(post, allowed_mentions=mentions,
-                         throttle=EditThrottle(self.edit_interval), where=describe(channel),
-                         prefix=quote_prompt(args) if command == "ask" else "")
-        try:
-            reply = await self.core.handle(incoming, on_progress=live.progress,
-                                           fetch_transcript=self._fetcher(channel),
-                                           on_queued=queue_status(live))
-        except asyncio.CancelledError:  # the deferred "thinking..." must not be left behind
-            await bounded(live.interrupt(SHUTDOWN_MARK, RESTARTING))
-            raise
-        except Exception:
-            log.exception("error while running /%s in %s", command, describe(channel))
-            reply = Reply(incoming.key, APOLOGY)
-        await live.finish(reply.text if reply is not None else "Done.")
-
-    async def _refuse(self, interaction: Interaction, text: str) -> None:
-        """Answer at once, privately, when the command will not run."""
-        try:
-            await interaction.response.send_message(text, ephemeral=True,
-                                                    allowed_mentions=safe_mentions())
-        except discord.HTTPException as exc:
-            log.warning("could not answer an interaction: %s", exc)
-
+        await self.runner.run_command(interaction, command, args)

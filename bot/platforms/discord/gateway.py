@@ -34,7 +34,12 @@ class _Wiring:
 
     def _wire(self, client: discord.Client, adapter: GatewayEvents) -> None:
         self.adapter = adapter
-        self.tree = app_commands.CommandTree(client)
+        # Installable by a server and by a user (then usable in any server, group DM or
+        # DM the user is in, where the bot itself may not be a member).
+        self.tree = app_commands.CommandTree(
+            client, allowed_installs=app_commands.AppInstallationType(guild=True, user=True),
+            allowed_contexts=app_commands.AppCommandContext(guild=True, dm_channel=True,
+                                                            private_channel=True))
         parsers = client._connection.parsers  # the same dict the gateway reads events through
         for event, parse in list(parsers.items()):
             parsers[event] = tolerant(event, parse)

@@ -9,12 +9,14 @@ from collections.abc import Awaitable, Callable
 import discord
 
 from bot.platforms.base import EditThrottle, split_text
+from bot.platforms.discord.controls_view import view_ids
 from bot.platforms.discord.text import MESSAGE_LIMIT, neutralize_broadcasts
 
 log = logging.getLogger(__name__)
 
 Post = Callable[[int, str], Awaitable[discord.Message]]
-"""Posts part `index` of an answer and returns the message, so it can be edited later."""
+"""Posts part `index` of an answer and returns the message, so it can be edited later; part 0
+carries the reply's `view` (its buttons)."""
 
 
 class LiveReply:
@@ -38,8 +40,18 @@ class LiveReply:
         self._on_first_post = on_first_post
         self.messages: list[discord.Message] = []
         self._shown: list[str] = []
+        self.view: discord.ui.View | None = None
+        """The buttons of the first message (the answer's controls); `post` sends them with
+        part 0, and a change is applied with the next update."""
+        self._shown_view: tuple[str, ...] = ()
         self._answer = ""  # the answer text shown so far (not a status line)
         self.failed = False
+
+    def adopt(self, message: discord.Message, text: str, view: discord.ui.View | None) -> None:
+        """Take over an answer already posted (its first message, showing `text` and `view`),
+        to write a new version into it (Regenerate, Continue)."""
+        self.messages[:], self._shown[:] = [message], [text]
+        self._shown_view = view_ids(view)
 
     async def progress(self, text: str) -> None:
         """Show the answer so far, unless the last update was too recent."""
@@ -80,13 +92,20 @@ class LiveReply:
         try:
             for index, part in enumerate(parts):
                 if index < len(self.messages):
-                    if part != self._shown[index]:
+                    buttons = view_ids(self.view) if index == 0 else ()
+                    if index == 0 and buttons != self._shown_view:
+                        await self.messages[0].edit(content=part, view=self.view,
+                                                    allowed_mentions=self._mentions)
+                        self._shown[0], self._shown_view = part, buttons
+                    elif part != self._shown[index]:
                         await self.messages[index].edit(content=part,
                                                         allowed_mentions=self._mentions)
                         self._shown[index] = part
                     continue
                 self.messages.append(await self._post(index, part))
                 self._shown.append(part)
+                if index == 0:
+                    self._shown_view = view_ids(self.view)
                 if index == 0 and self._on_first_post is not None:
                     self._on_first_post()
             while len(self.messages) > len(parts):  # the text got shorter: drop stale parts

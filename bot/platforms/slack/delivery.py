@@ -23,6 +23,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
 from bot.platforms.base import EditThrottle, split_text
+from bot.platforms.slack.controls import AnswerControls
 from bot.platforms.slack.events import message_metadata
 from bot.platforms.slack.format import PART_CHARS, escape, markdown_to_mrkdwn, neutralize_broadcasts
 
@@ -74,28 +75,36 @@ class SlackDelivery:
         self.bot_threads: set[tuple[str, str]] = set()
         """(channel, thread_ts) the bot posted in: replies there are answered unmentioned."""
 
-    async def deliver(self, target: Target, text: str, *, kind: str) -> None:
+    async def deliver(self, target: Target, text: str, *, kind: str,
+                      controls: AnswerControls | None = None) -> None:
         """Put `text` in the placeholder (or a new message), continuing in more messages.
 
         Each part is converted to mrkdwn on its own. A part Slack finds too long
         (``msg_too_long``) is split again; a placeholder that cannot be edited is replaced
-        by a new message; without access to the channel, the response URL is used.
+        by a new message; without access to the channel, the response URL is used. The first
+        message carries the answer's `controls` as blocks under its text.
         """
         queue = [part for part in split_text(text, PART_CHARS)
                  if markdown_to_mrkdwn(part).strip()] or ["(no answer)"]
         fallback: list[str] = []
+        first = True
         while queue:
             part = queue.pop(0)
             mrkdwn = markdown_to_mrkdwn(part)
+            blocks = controls.blocks(mrkdwn) if controls is not None and first else None
             if target.no_access:
                 fallback.append(mrkdwn)
                 continue
             if target.placeholder is not None:
                 result = await self.api("chat.update", functools.partial(
                     self.client.chat_update, channel=target.channel, ts=target.placeholder,
-                    text=mrkdwn, metadata=message_metadata(kind)))
+                    text=mrkdwn, blocks=None if controls is None else blocks or [],
+                    metadata=message_metadata(kind)))
                 if result.ok:
-                    target.placeholder = None
+                    target.placeholder, first = None, False
+                    continue
+                if controls is not None and blocks and controls.refused(result.error):
+                    queue.insert(0, part)
                     continue
                 if result.error == "msg_too_long" and len(part) > MIN_PART_CHARS:
                     queue[:0] = split_text(part, max(MIN_PART_CHARS, len(part) // 2))
@@ -106,7 +115,11 @@ class SlackDelivery:
                     self.client.chat_delete, channel=target.channel, ts=target.placeholder),
                     retries=0)
                 target.placeholder = None
-            result = await self.post(target, mrkdwn, kind=kind)
+            result = await self.post(target, mrkdwn, kind=kind, blocks=blocks)
+            if blocks and controls is not None and controls.refused(result.error):
+                queue.insert(0, part)
+                continue
+            first = first and not result.ok
             if result.error == "msg_too_long" and len(part) > MIN_PART_CHARS:
                 queue[:0] = split_text(part, max(MIN_PART_CHARS, len(part) // 2))
             elif result.error in NO_ACCESS_ERRORS and target.respond is not None:
@@ -118,10 +131,12 @@ class SlackDelivery:
         if fallback:
             await self.respond(target, fallback)
 
-    async def post(self, target: Target, mrkdwn: str, *, kind: str) -> Result:
+    async def post(self, target: Target, mrkdwn: str, *, kind: str,
+                   blocks: list[dict[str, Any]] | None = None) -> Result:
         result = await self.api("chat.postMessage", functools.partial(
             self.client.chat_postMessage, channel=target.channel, thread_ts=target.thread_ts,
-            text=mrkdwn, metadata=message_metadata(kind), unfurl_links=False, unfurl_media=False))
+            text=mrkdwn, blocks=blocks, metadata=message_metadata(kind), unfurl_links=False,
+            unfurl_media=False))
         if result.ok and target.thread_ts:
             if len(self.bot_threads) > 20_000:
                 self.bot_threads.clear()
@@ -186,6 +201,8 @@ class LiveAnswer:
         self._throttle = EditThrottle(interval, clock)
         self._clock = clock
         self._paused_until = 0.0
+        self.controls: AnswerControls | None = None
+        """The controls shown under the text while it is written (Stop)."""
 
     async def progress(self, so_far: str) -> None:
         """The core's `on_progress`: show the text so far."""
@@ -193,7 +210,9 @@ class LiveAnswer:
         if not self.started:  # the core is answering an unaddressed message after all
             self.started = True
             self._throttle.ready()
-            posted = await self._delivery.post(target, preview(so_far), kind="status")
+            shown = preview(so_far)
+            blocks = self.controls.blocks(shown) if self.controls is not None else None
+            posted = await self._delivery.post(target, shown, kind="status", blocks=blocks)
             target.placeholder = str(posted.data.get("ts")) if posted.ok else None
             return
         if target.placeholder is None or self._clock() < self._paused_until:
@@ -210,9 +229,11 @@ class LiveAnswer:
             await self._edit(self._target.placeholder, QUEUED.format(ahead=ahead))
 
     async def _edit(self, ts: str, mrkdwn: str) -> Result:
+        blocks = self.controls.blocks(mrkdwn) if self.controls is not None else None
         return await self._delivery.api("chat.update", functools.partial(
             self._delivery.client.chat_update, channel=self._target.channel, ts=ts,
-            text=mrkdwn, metadata=message_metadata("status")), retries=0)
+            text=mrkdwn, blocks=None if self.controls is None else blocks or [],
+            metadata=message_metadata("status")), retries=0)
 
 
 def preview(so_far: str) -> str:

@@ -164,12 +164,17 @@ class SlackReader:
         command = command_of(msg)
         if not msg.addressed or msg.is_direct or command is None or command in OPEN_COMMANDS:
             return msg
-        if (await self.user(msg.author_id)).is_admin:
-            return dataclasses.replace(msg, is_admin=True)
+        return dataclasses.replace(msg, is_admin=await self.may_manage(msg.author_id,
+                                                                       msg.key.channel_id))
+
+    async def may_manage(self, user_id: str, channel: str) -> bool:
+        """A workspace admin or owner, or the channel's creator."""
+        if (await self.user(user_id)).is_admin:
+            return True
         result = await self._delivery.api("conversations.info", functools.partial(
-            self.client.conversations_info, channel=msg.key.channel_id), retries=0)
+            self.client.conversations_info, channel=channel), retries=0)
         creator = (result.data.get("channel") or {}).get("creator") if result.ok else None
-        return dataclasses.replace(msg, is_admin=creator == msg.author_id)
+        return bool(creator) and creator == user_id
 
     def is_own(self, message: Mapping[str, Any]) -> bool:
         return bool((self.identity.user_id and message.get("user") == self.identity.user_id)

@@ -1,0 +1,30 @@
+"""What the message commands ask the model (Discord's right-click → Apps, Slack's message
+shortcuts): a question about one message, with that message quoted before it."""
+
+from __future__ import annotations
+
+from bot.errors import UserError
+
+EXPLAIN = "Explain this message: what it says, and what it means."
+NO_TEXT = ("That message has no text I can read (attachments and links I can't read yet), "
+           "so there is nothing for me to go on.")
+
+
+def about_message(author: str, text: str, question: str, *, limit: int) -> str:
+    """The chat message that asks `question` about `author`'s message `text`.
+
+    The message is quoted first and the question comes last, where small models follow it
+    best; a long message is cut so the whole fits in `limit` characters.
+    """
+    text, question = text.strip(), " ".join(question.split())
+    if not text:
+        raise UserError(NO_TEXT)
+    if not question:
+        raise UserError("Please write a question about the message.")
+    head = f"{author} wrote:\n"
+    tail = f"\n\n{question}"
+    quoted = "\n".join(f"> {line}" for line in text.splitlines())
+    room = limit - len(head) - len(tail)
+    if len(quoted) > room:
+        quoted = quoted[: max(0, room - 4)].rstrip() + " […]"
+    return f"{head}{quoted}{tail}"
