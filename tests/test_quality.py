@@ -1,9 +1,10 @@
 """The quality guard on the real bundled model (slow): faster kernels must not cost quality.
 
 The mean log-likelihood per token of a fixed public-domain text (tests/data/README.md) stays
-within 1% of plain fp32 in the default mode and within 3% in the quantized modes; greedy
-replies stay free of degenerate repetition, and the default mode gives the same greedy text
-as plain `model.generate`.
+within 1% of plain fp32 in the exact mode and within 3% in the quantized modes; greedy
+replies stay free of degenerate repetition, and ``off`` gives the same greedy text as plain
+`model.generate`. int4, the default for the bundled Q4_1 file, must lose nothing against
+fp32: within 0.5%.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ TEXT = Path(__file__).parent / "data" / "pride_and_prejudice_ch1-2.txt"
 PROMPTS = ["Write a long story about a robot who learns to paint. Describe every step.",
            "Explain how rain forms.", "Give me three tips for sleeping well.",
            "What is a good way to learn a language?"]
-LIMIT = {"off": 0.01, "bf16": 0.03, "int8": 0.03}
+LIMIT = {"off": 0.01, "bf16": 0.03, "int8": 0.03, "int4": 0.005}
 """int8-all is not guarded here: it loops more often than fp32 (docs/benchmarks.md)."""
 REPLY_TOKENS = 48
 
@@ -72,7 +73,7 @@ def reference(cache_dir: Path) -> tuple[float, list[list[int]], list[int]]:
     return mean_log_likelihood(model, ids), greedy(model, tokenizer), ids
 
 
-@pytest.mark.parametrize("mode", ["off", "bf16", "int8"])
+@pytest.mark.parametrize("mode", ["off", "bf16", "int8", "int4"])
 def test_a_mode_keeps_the_likelihood_and_gives_sane_greedy_replies(
         mode: str, cache_dir: Path,
         reference: tuple[float, list[list[int]], list[int]]) -> None:
