@@ -58,7 +58,9 @@ def test_a_compiled_step_is_swapped_in_and_decodes_the_same(
     assert first.info.note() == "; compiled decode steps for 2 rows"
     assert "decode step for 2 slot(s) compiled in" in caplog.text
     batch = first.open_batch()
-    assert type(batch._step_for(2)).__name__ == "_Loaded"
+    compiled = batch._step_for(2)
+    assert type(compiled).__name__ == "_Loaded"
+    assert compiled.unlocked  # type: ignore[union-attr]  # run with the GIL released
     # 110 new tokens grow the cache from 128 to 192 columns: one compiled step takes both
     assert decode(batch, requests) == eager
     first.close()

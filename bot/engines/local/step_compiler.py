@@ -31,7 +31,7 @@ from typing import IO, Any
 
 import torch
 
-from bot.engines.local import int4, llama_step, llama_weights
+from bot.engines.local import aoti_runner, int4, llama_step, llama_weights
 from bot.engines.local.kernel_choice import machine_key
 from bot.engines.local.llama_weights import LlamaShape, dummy
 
@@ -79,16 +79,20 @@ def build(shape: LlamaShape, kind: str, slots: int, out: Path) -> None:
 
 
 class _Loaded:
-    """A loaded package, called like `llama_step.DecodeStep`."""
+    """A loaded package, called like `llama_step.DecodeStep`: through `aoti_runner` (the GIL
+    released) when its build is there, else torch's binding."""
 
-    def __init__(self, path: Path) -> None:
-        self._loader: Any = torch._C._aoti.AOTIModelPackageLoader(
-            str(path), "model", False, 1, -1)
+    def __init__(self, path: Path, runner: Any | None) -> None:
+        self.unlocked = runner is not None
+        if runner is not None:
+            self._run = runner(str(path)).run
+        else:
+            self._run = torch._C._aoti.AOTIModelPackageLoader(
+                str(path), "model", False, 1, -1).boxed_run
 
     def __call__(self, tokens: torch.Tensor, lengths: torch.Tensor, keys: torch.Tensor,
                  values: torch.Tensor, flat: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        outputs: list[torch.Tensor] = self._loader.boxed_run([tokens, lengths, keys, values,
-                                                              *flat])
+        outputs: list[torch.Tensor] = self._run([tokens, lengths, keys, values, *flat])
         return outputs
 
 
@@ -120,6 +124,8 @@ class CompiledSteps:
             if path.is_file() and self._load(slots, path):
                 continue
             self._missing.append(slots)
+        if any(not step.unlocked for step in self._ready.values()):
+            self._missing.insert(0, 0)  # 0: only build the GIL-free runner, then reload
         if self._ready:
             log.info("compiled decode steps loaded from %s: %s", folder, self.describe())
         self._timer: threading.Timer | None = None
@@ -139,6 +145,13 @@ class CompiledSteps:
             slots, process, started, output = self._child
             self._child = None
             output.close()
+        if slots == 0:
+            for ready in list(self._ready):
+                self._load(ready, package_path(self.folder, ready))
+            log.info("compiled decode steps now run with the GIL released: %s",
+                     all(step.unlocked for step in self._ready.values()))
+            self._start_next()
+            return
         path = package_path(self.folder, slots)
         if process.returncode == 0 and path.is_file() and self._load(slots, path):
             log.info("decode step for %d slot(s) compiled in %.0f s and in use; %s", slots,
@@ -170,9 +183,9 @@ class CompiledSteps:
         parts = []
         if self._ready:
             parts.append("compiled decode steps for " + _counts(sorted(self._ready)))
-        if self._child is not None:
+        if self._child is not None and self._child[0] > 0:
             parts.append(f"compiling {self._child[0]}")
-        waiting = [s for s in self._missing if self._child is None or s != self._child[0]]
+        waiting = [s for s in self._missing if s > 0]
         if waiting:
             parts.append(f"to compile: {_counts(waiting)}")
         if self._failed:
@@ -193,7 +206,8 @@ class CompiledSteps:
 
     def _load(self, slots: int, path: Path) -> bool:
         try:
-            self._ready[slots] = _Loaded(path)
+            native = aoti_runner.torch_version_folder(self.folder.parent)
+            self._ready[slots] = _Loaded(path, aoti_runner.runner_class(native))
         except Exception:
             log.warning("could not load the compiled step %s; building it again", path,
                         exc_info=True)
@@ -223,8 +237,8 @@ class CompiledSteps:
                 self._failed.append(slots)
                 return
             self._child = (slots, process, time.monotonic(), output)
-        log.info("compiling the decode step for %d slot(s) in the background (pid %d)",
-                 slots, process.pid)
+        log.info("compiling %s in the background (pid %d)", f"the decode step for {slots} "
+                 "slot(s)" if slots else "the GIL-free step runner", process.pid)
 
 
 def _counts(slots: Sequence[int]) -> str:
@@ -240,7 +254,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     os.nice(10)  # the bot serving on the same cores comes first
-    build(LlamaShape.from_json(args.shape), args.kind, args.slots, args.out)
+    native = aoti_runner.torch_version_folder(args.out.parent.parent)
+    if not (native / f"{aoti_runner.NAME}.so").is_file():
+        try:
+            aoti_runner.build(native)
+        except Exception as exc:  # no compiler headers: steps run with the GIL held
+            print(f"could not build the GIL-free runner: {exc}", file=sys.stderr)
+    if args.slots > 0:
+        build(LlamaShape.from_json(args.shape), args.kind, args.slots, args.out)
     return 0
 
 
