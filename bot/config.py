@@ -24,8 +24,9 @@ DEFAULT_SYSTEM_PROMPT = "You are a helpful AI assistant named {bot_name}."
 several people talk, the core adds that each of their messages starts with a name. A line
 asking for the user's language helps multilingual models but sent the bundled one to French."""
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-QUANTIZE_MODES = ("off", "bf16", "int8", "int8-all")
-"""`MODEL_QUANTIZE`: the lowest precision the CPU engine's linear layers may get (issue #13)."""
+QUANTIZE_MODES = ("auto", "off", "bf16", "int8", "int8-all", "int4")
+"""`MODEL_QUANTIZE`: the lowest precision the CPU engine's linear layers may get (issues #13,
+#19); ``auto`` is ``int4`` for a 4-bit GGUF file (its own precision), else ``off``."""
 DEVICES = ("auto", "cpu", "cuda")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -38,7 +39,7 @@ class Settings:
     model_dtype: str = "auto"
     device: str = "auto"
     model_cache_dir: Path = Path("data/models")
-    model_quantize: str = "off"
+    model_quantize: str = "auto"
     context_tokens: int = 2048
     max_new_tokens: int = 256
     temperature: float = 0.2

@@ -31,7 +31,8 @@ from bot.engines.local.model_source import ModelSource
 from bot.errors import ConfigError
 
 KERNELS = [k for k in ALL_KERNELS if available(k)]
-TOLERANCE = {"mkl": 1e-6, "onednn": 1e-5, "bf16": 0.02, "int8": 0.03}
+TOLERANCE = {"mkl": 1e-6, "onednn": 1e-5, "bf16": 0.02, "int8": 0.03, "int8w": 0.02,
+             "int4": 0.12}
 """Relative error allowed against fp32 `nn.Linear`."""
 
 
@@ -83,7 +84,7 @@ def test_a_dropped_layer_frees_its_weight_at_once(kernel: str) -> None:
 
     gc.disable()
     try:
-        layer = CpuLinear(torch.randn(8, 8), None, kernel)
+        layer = CpuLinear(torch.randn(16, 32), None, kernel)
         gone = weakref.ref(layer)
         del layer
         assert gone() is None
@@ -331,6 +332,24 @@ def test_int8_mode_quantizes_the_head_first(tiny_model_dir: Path) -> None:
     assert done.embedding == "int8"
 
 
+@pytest.mark.skipif("int4" not in KERNELS, reason="no int4 kernel in this torch")
+def test_int4_mode_puts_int4_in_the_layers_and_at_most_int8_in_the_head(
+        tiny_model_dir: Path) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, tie_word_embeddings=True)
+    model.tie_weights()
+    ids = torch.tensor([[5, 17, 42, 99, 7]])
+    with torch.inference_mode():
+        before = model(input_ids=ids).logits
+    timer = FakeTimer({"int4": 1e-6, "int8": 1e-5, "bf16": 5e-5, "mkl": 1e-4, "onednn": 2e-4})
+    done = convert_linears(model, "int4", KernelChoice(None, timer=timer))
+    head = done.kernels.pop("head")
+    assert set(done.kernels.values()) == {"int4"}
+    assert head == ("int8" if "int8" in KERNELS else "bf16" if "bf16" in KERNELS else "mkl")
+    assert done.embedding == "int8" or head == "mkl"
+    with torch.inference_mode():
+        assert relative_error(model(input_ids=ids).logits, before) < 0.2
+
+
 @pytest.mark.skipif("bf16" not in KERNELS, reason="oneDNN bf16 needs AVX-512 or AVX-NE-CONVERT")
 def test_bf16_mode_never_chooses_int8(tiny_model_dir: Path) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
@@ -347,8 +366,9 @@ def test_other_dtypes_are_left_as_they_were(tiny_model_dir: Path) -> None:
 
 
 def test_model_quantize_setting() -> None:
-    assert QUANTIZE_MODES == ENGINE_MODES
-    assert Settings.from_env({}).model_quantize == "off"
+    assert QUANTIZE_MODES == ("auto", *ENGINE_MODES)
+    assert Settings.from_env({}).model_quantize == "auto"
     assert Settings.from_env({"MODEL_QUANTIZE": "INT8"}).model_quantize == "int8"
+    assert Settings.from_env({"MODEL_QUANTIZE": "int4"}).model_quantize == "int4"
     with pytest.raises(ConfigError, match="MODEL_QUANTIZE"):
-        Settings.from_env({"MODEL_QUANTIZE": "int4"})
+        Settings.from_env({"MODEL_QUANTIZE": "int3"})

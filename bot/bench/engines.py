@@ -158,11 +158,20 @@ async def child(side: str, base_url: str, max_new_tokens: int, long_tokens: int,
             from bot.engines.worker import ModelWorker
 
             settings = _settings(max_new_tokens, db)
-            engine = ModelWorker(hf_backend_factory(settings, resolve_model("bundled")),
-                                 max_pending=64, timeout=3600)
+            factory = hf_backend_factory(settings, resolve_model("bundled"))
+            built: list[Any] = []
+
+            def make() -> Any:
+                built.append(factory())
+                return built[-1]
+
+            engine = ModelWorker(make, max_pending=64, timeout=3600)
         started = time.perf_counter()
+        compiled: dict[str, Any] = {}
         async with engine, SQLiteHistoryStore(db) as history:
             ready_s = time.perf_counter() - started
+            if side == "local":
+                compiled = await _compiled_steps(built[-1])
             cores = {budget: ConversationCore(
                 worker=engine, history=history,
                 settings=dataclasses.replace(settings, max_new_tokens=budget))
@@ -192,13 +201,43 @@ async def child(side: str, base_url: str, max_new_tokens: int, long_tokens: int,
                 results = {
                     "1": await _rounds(1, repeats, long_tokens, sides, numbers.__next__),
                     "8": await _rounds(8, repeats, max_new_tokens, sides, numbers.__next__)}
+                if side == "local":  # a round of its own: the watcher takes CPU (see above)
+                    from bot.bench.scenarios import LoopWatch
+
+                    watch = LoopWatch()
+                    async with watch:
+                        await _rounds(8, 1, max_new_tokens, sides, numbers.__next__)
+                    compiled["loop_delay_ms_8_at_once"] = watch.summary()
             finally:
                 if session is not None:
                     await session.close()
-    from bot.bench.system import peak_rss_mb
+    from bot.bench.system import peak_rss_mb, rss_mb
 
     return {"side": side, "ready_s": ready_s, "results": results, "peak_rss_mb": peak_rss_mb(),
-            "torch_loaded": "torch" in sys.modules}
+            "rss_mb_end": rss_mb(), "torch_loaded": "torch" in sys.modules,
+            "compiled": compiled}
+
+
+async def _compiled_steps(backend: Any) -> dict[str, Any]:
+    """For the own Llama step: which steps were compiled when it was ready; then wait for
+    every build (they would take CPU from the timed rounds), measuring the event loop's
+    delays meanwhile, as a bot serving during its first start would see them."""
+    steps = getattr(backend, "steps", None)
+    if steps is None:
+        return {}
+    from bot.bench.scenarios import LoopWatch
+
+    out: dict[str, Any] = {"at_ready": steps.describe()}
+    watch = LoopWatch()
+    building = time.perf_counter()
+    async with watch:
+        while "compil" in steps.describe():
+            _progress(f"local: waiting for compiled steps ({steps.describe()})")
+            await asyncio.to_thread(steps.wait)
+    out["waited_s"] = time.perf_counter() - building
+    out["loop_delay_ms_while_compiling"] = watch.summary()
+    out["after"] = steps.describe()
+    return out
 
 
 # ---------------------------------------------------------------------------- the parent side
@@ -270,6 +309,7 @@ async def compare(*, max_new_tokens: int, long_tokens: int, repeats: int, thread
                     "bot_local": local["ready_s"]},
         "torch_loaded": {"bot_remote": remote["torch_loaded"],
                          "bot_local": local["torch_loaded"]},
+        "bot_local_rss_end_mb": local["rss_mb_end"], "compiled_steps": local["compiled"],
     }
 
 
@@ -301,6 +341,14 @@ def table(results: dict[str, Any]) -> str:
                      f"{s['direct'][count]['ttft_s'] * 1000:.0f} ms |")
     lines.append(f"| peak resident memory | {m['bot_local']:.0f} MiB | {m['bot_remote']:.0f} "
                  f"MiB bot + {m['llama_server']:.0f} MiB server | |")
+    compiled = results.get("compiled_steps") or {}
+    if compiled:
+        lines.append(f"| in-process: compiled steps when ready, after | {compiled['at_ready']} | "
+                     f"{compiled['after']} | |")
+        for name in ("loop_delay_ms_while_compiling", "loop_delay_ms_8_at_once"):
+            lag = compiled.get(name, {})
+            lines.append(f"| in-process: event loop delay, {name[14:].replace('_', ' ')} | "
+                         f"max {lag.get('max', 0):.1f} ms, p99 {lag.get('p99', 0):.1f} ms | | |")
     lines.append("")
     for count in ("1", "8"):
         lines.append(f"{count} at once: the bot on llama.cpp loses "

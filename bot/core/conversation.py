@@ -368,7 +368,7 @@ class ConversationCore:
         hours, rest = divmod(uptime, 3600)
         minutes, seconds = divmod(rest, 60)
         lines = [
-            f"Model: {channel.model or info.name} on {info.device} ({info.dtype}), "
+            f"Model: {channel.model or info.name} on {info.device} ({info.dtype}{info.note()}), "
             f"context {info.context_tokens} tokens, replies up to "
             f"{self.sampling_for(persona).max_new_tokens} tokens",
             f"Queue: {self.worker.queue_depth} request(s) in progress or waiting "

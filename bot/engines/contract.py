@@ -10,7 +10,7 @@ methods, and the core would not notice. A backend that can also decode many requ
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from bot.types import Image, Prompt
@@ -55,6 +55,12 @@ class ModelInfo:
     vision: bool = False
     """The model can read images: only when its server says so (llama.cpp ``/props``
     ``modalities``, Ollama ``/api/show`` ``capabilities``), never guessed from a name."""
+    detail: Callable[[], str] | None = field(default=None, compare=False, repr=False)
+    """A live note on the engine (the CPU engine: which decode steps are compiled yet)."""
+
+    def note(self) -> str:
+        """`detail` for a status line: ``"; ..."``, or empty."""
+        return f"; {self.detail()}" if self.detail is not None else ""
 
 
 class TokenCounter(Protocol):

