@@ -10,6 +10,7 @@ import dataclasses
 from collections.abc import AsyncIterator
 
 from bot.config import Settings
+from bot.core.controls import GONE
 from bot.core.conversation import ConversationCore
 from bot.core.documents import DOCUMENT_NOTE, MAP, WHOLE, is_summary_request
 from bot.engines.contract import GenerationRequest, ModelInfo
@@ -17,9 +18,12 @@ from bot.engines.worker import ModelWorker
 from bot.storage.interface import HistoryStore
 from bot.types import (
     ChannelKey,
+    Control,
     Document,
     Image,
     IncomingMessage,
+    Press,
+    Reply,
     Section,
     Shared,
     Turn,
@@ -211,3 +215,39 @@ def test_summary_requests_are_recognised() -> None:
     for text in ("what does section 3 say about refunds?", "compare these two",
                  "summarise the refund policy in one line"):
         assert not is_summary_request(text), text
+
+
+# -- the controls of answers about documents (issues #17 and #18 together) ---------------
+
+def press(control: Control, *, answer_to: str = "m1") -> Press:
+    return Press(KEY, answer_to, control, "id-ada", "ada", is_direct=True)
+
+
+async def test_a_document_summary_offers_controls_and_regenerates_from_the_document(
+        core: ConversationCore, backend: EchoBackend, history: HistoryStore) -> None:
+    reply = await core.handle(message("", shared=Shared(documents=(REPORT,))))
+    assert reply is not None and reply.controls == ("regenerate", "up", "down")
+    await core.handle(message("Something else.", message_id="m2"))
+    again = await core.controls.press(press("regenerate"))
+    assert isinstance(again, Reply) and again.text.endswith("Sources: report.pdf")
+    prompt = backend.prompts[-1]
+    assert prompt[0]["content"] == WHOLE  # summarised again, from the stored document
+    assert prompt[-1]["content"].startswith('<document name="report.pdf">')
+    stored = await history.answer(KEY, "m1")
+    assert stored is not None and stored.revision == 2
+    assert await core.controls.press(press("up")) != GONE  # votes reach the summary
+
+
+async def test_a_regenerated_answer_about_a_document_reads_that_document_again(
+        core: ConversationCore, backend: EchoBackend, history: HistoryStore) -> None:
+    await core.handle(message("How many days for a refund?",
+                              shared=Shared(documents=(REPORT,))))
+    other = dataclasses.replace(REPORT, name="other.pdf", sections=(Section("", "Unrelated."),))
+    await core.handle(message("And this one?", message_id="m2",
+                              shared=Shared(documents=(other,))))
+    again = await core.controls.press(press("regenerate"))
+    assert isinstance(again, Reply) and again.text.endswith("Sources: report.pdf")
+    system, user = backend.prompts[-1][0]["content"], backend.prompts[-1][-1]["content"]
+    assert DOCUMENT_NOTE in system
+    assert user.startswith('<document name="report.pdf">') and "other.pdf" not in user
+    assert user.endswith("[attached: report.pdf]\nHow many days for a refund?")

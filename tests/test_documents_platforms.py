@@ -20,6 +20,7 @@ from bot.storage.interface import HistoryStore
 from bot.types import ChannelKey
 from tests import document_files as files
 from tests.fakes.backends import EchoBackend
+from tests.fakes.discord_interactions import run_message_command
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.slack_server import FakeSlack, add_file, send_mention_with_files
 from tests.link_server import LinkServer, link_server
@@ -31,6 +32,7 @@ from tests.test_discord_adapter import (
     make_core,
     serving,
 )
+from tests.test_discord_controls import acked
 from tests.test_slack_adapter import ALICE, CHANNEL, core_with, final, running
 
 
@@ -120,6 +122,26 @@ async def test_discord_reply_to_a_message_with_a_pdf_summarises_it(
         text = await discord_reply(discord, "Sources:")
     assert text.endswith("Sources: report.pdf")
     assert len(discord.attachment_fetches) == 1  # read for the mention, not when posted
+
+
+async def test_discord_explain_reads_the_files_of_the_message_it_is_used_on(
+        discord: FakeDiscord, settings: Settings, history: HistoryStore,
+        intake: Intake) -> None:
+    backend = ParrotBackend()
+    async with make_core(backend, settings, history) as core, \
+            discord_bot(discord, core, settings, intake):
+        bob = discord.create_user("bob")
+        target = await discord.send_user_message(channel(discord), bob, "",
+                                                 attachments=[("report.pdf", files.pdf())])
+        explain = await run_message_command(discord, "Explain", target)
+        await acked(explain)
+        await explain.wait_followups(1)
+        await discord.wait_for(lambda: (explain.original_message or {}).get(
+            "content", "").endswith("Sources: report.pdf"), message="no answer with sources")
+    # A message with only a file is something to ask about: the file went to the model whole.
+    assert "Brightbird" in backend.prompts[-1][-1]["content"]
+    assert "bob shared report.pdf." in backend.prompts[-1][-1]["content"]
+    assert len(discord.attachment_fetches) == 1
 
 
 async def test_discord_a_document_cannot_make_the_bot_ping_everyone(
@@ -253,4 +275,21 @@ async def test_slack_mention_in_a_thread_reads_the_thread_starters_file(
                                      thread_ts=thread)
         text = await slack_reply(slack, thread, "Sources:")
     assert text.endswith("Sources: report.pdf")
+    assert slack.files[report["id"]].downloads == ["xoxb-test"]
+
+
+async def test_slack_ask_about_this_reads_the_files_of_the_message_it_is_used_on(
+        slack: FakeSlack, slack_settings: Settings, history: HistoryStore,
+        intake: Intake) -> None:
+    report = add_file(slack, "report.pdf", files.pdf())
+    backend = ParrotBackend()
+    async with core_with(backend, history, slack_settings) as core, \
+            running(core, slack_settings, slack, intake=intake):
+        target = slack.seed_message(CHANNEL, "the Q3 report", user=ALICE, subtype="file_share",
+                                    files=[report])
+        await slack.send_message_shortcut("explain_message", CHANNEL, target["ts"])
+        text = await slack_reply(slack, target["ts"], "Sources:")
+    assert text.endswith("Sources: report.pdf")
+    prompt = backend.prompts[-1][-1]["content"]
+    assert "Brightbird" in prompt and "(attached: report.pdf)" in prompt
     assert slack.files[report["id"]].downloads == ["xoxb-test"]

@@ -226,6 +226,9 @@ async def test_documents_are_kept_with_their_conversation(open_store: StoreFacto
             "https://x.example/a"]
         assert [d.name for d in await store.documents(THREAD)] == ["other.pdf"]
         assert await store.documents(OTHER) == []
+        # the documents one message shared (a regenerated answer reads its question's)
+        assert await store.documents(CHANNEL, message_id="m1") == [doc("report.pdf")]
+        assert await store.documents(CHANNEL, message_id="m3") == []
 
 
 async def test_documents_are_bounded_per_conversation(store: HistoryStore) -> None:

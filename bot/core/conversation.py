@@ -109,15 +109,16 @@ class ConversationCore:
         self._prompts = StablePrompts()
         self._answerer = Answerer(worker=worker, settings=settings, metrics=self.metrics,
                                   inflight=self.inflight, knowledge=knowledge)
-        self.controls = Controls(self, Reanswering(self, answerer=self._answerer,
-                                                   locks=self._locks), wall=self._wall)
-        """Stop, Regenerate, Continue and votes on answers (`bot.core.controls`)."""
         # Summaries (`complete`) run without a repetition penalty: it also counts the
         # transcript's words, which a summary should reuse (ROUGE-L 0.37 without, 0.33 with).
         self.sampling = SamplingParams(max_new_tokens=settings.max_new_tokens,
                                        temperature=settings.temperature, top_p=settings.top_p)
         self.documents = DocumentDesk(worker=worker, history=history, settings=settings,
                                       sampling=self.sampling, locks=self._locks)
+        self.controls = Controls(self, Reanswering(self, answerer=self._answerer,
+                                                   locks=self._locks, documents=self.documents),
+                                 wall=self._wall)
+        """Stop, Regenerate, Continue and votes on answers (`bot.core.controls`)."""
 
     async def handle(self, msg: IncomingMessage, *, on_progress: ProgressCallback | None = None,
                      fetch_transcript: TranscriptFetcher | None = None,
@@ -250,7 +251,14 @@ class ConversationCore:
         text = clean_text(text)
         reading = await self.documents.prepare(msg, text)
         if reading.summary:
-            return await self.documents.summarise(msg, text, reading, on_progress=on_progress)
+            channel = await self.history.channel_settings(msg.key)
+            persona = self.persona_for(channel)
+
+            async def record(answer: str) -> None:
+                await self.controls.record(msg, answer, persona=persona, channel=channel)
+
+            return await self.documents.summarise(msg, text, reading, record=record,
+                                                  on_progress=on_progress)
         text = reading.question(text)
         if not text:
             return reading.finish("", []) or EMPTY_PROMPT_HINT

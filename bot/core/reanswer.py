@@ -1,7 +1,9 @@
 """Regenerate and Continue: a stored answer written again, or written on from its cut.
 
 The prompt is rebuilt from the stored conversation as it was before the question (later
-turns are not the question's context), with the channel's current persona; Regenerate samples
+turns are not the question's context), with the channel's current persona and the documents
+the question had (those it shared, else the conversation's newest; a summary of documents is
+summarised again); Regenerate samples
 (at least `REGENERATE_TEMPERATURE`, so it is never the same greedy text), Continue gives the
 model its own unfinished answer to go on with. Both hold the conversation's locks, like a
 new message, and replace the stored answer in place.
@@ -18,6 +20,7 @@ from typing import Protocol
 from bot.config import Settings
 from bot.core.answering import Answerer, finish
 from bot.core.commands import ProgressCallback
+from bot.core.documents import DocumentDesk, Reading, asked_text, is_summary_request
 from bot.core.grounding import Evidence
 from bot.core.inflight import InFlight
 from bot.core.personas import Persona
@@ -65,10 +68,12 @@ class Reanswering:
     """Writes a stored answer again (Regenerate) or on (Continue)."""
 
     def __init__(self, host: ReanswerHost, *, answerer: Answerer,
-                 locks: Mapping[ChannelKey, asyncio.Lock]) -> None:
+                 locks: Mapping[ChannelKey, asyncio.Lock],
+                 documents: DocumentDesk | None = None) -> None:
         self.host = host
         self.answerer = answerer
         self.locks = locks
+        self.documents = documents
 
     async def run(self, press: Press, stored: StoredAnswer, *,
                   on_progress: ProgressCallback | None) -> str | None:
@@ -85,32 +90,48 @@ class Reanswering:
             sampling = dataclasses.replace(
                 sampling, temperature=max(sampling.temperature, REGENERATE_TEMPERATURE))
         question = Turn("user", stored.question_author or press.user_name, stored.question or "")
+        asked = asked_text(question.text)
         prefix = stored.text if continuing else ""
-        reference, sources, evidence = await self._knowledge(persona, question.text, sampling)
+        reference, sources, evidence = await self._knowledge(persona, asked, sampling)
         grounded = bool(reference) and not continuing
         if grounded:
             on_progress = None  # an answer the passages may not back is never shown early
+        system = host.system_prompt_for(channel, persona)
+        documents = (await self.documents.for_answer(key, press.answer_to)
+                     if self.documents is not None else [])
+        summarised = documents if is_summary_request(asked) and not continuing else []
+        if documents and not summarised and self.documents is not None:
+            reference, sources, system = await self.documents.context(
+                Reading(documents=documents), asked, system=system, reference=reference,
+                sources=sources, context_tokens=host.worker.info.context_tokens,
+                reply_tokens=sampling.max_new_tokens)
         async with self.locks[key], host.history.channel_lock(key):
             earlier = await host.history.turns_before(key, press.answer_to)
             if earlier is None:
                 return None
-            prompt = await asyncio.to_thread(
-                self._prompt, host.system_prompt_for(channel, persona), earlier, question,
-                sampling, reference, prefix)
-            request = GenerationRequest(prompt, sampling, cache_key=str(key),
-                                        model=channel.model)
-            pending = (key, press.answer_to)
-            host.inflight.asked(key, press.answer_to, stored.meta.asker_id)
-            host.inflight[pending] = host.worker.submit(request)
-            speakers = {t.author for t in earlier if t.role == "user"} | {question.author}
-            try:
-                text = await self.answerer.answer(request, pending, on_progress, speakers,
-                                                  prefix=prefix)
-                if grounded:
-                    text, sources = await self.answerer.grounded(text, question.text,
-                                                                 evidence, persona)
-            finally:
-                host.inflight.done(pending)
+            if summarised and self.documents is not None:
+                text = await self.documents.summary_of(
+                    summarised, on_progress=on_progress, sampling=dataclasses.replace(
+                        self.documents.sampling, temperature=sampling.temperature))
+                finish.set("done")
+                sources = [d.name for d in summarised]
+            else:
+                prompt = await asyncio.to_thread(self._prompt, system, earlier, question,
+                                                 sampling, reference, prefix)
+                request = GenerationRequest(prompt, sampling, cache_key=str(key),
+                                            model=channel.model)
+                pending = (key, press.answer_to)
+                host.inflight.asked(key, press.answer_to, stored.meta.asker_id)
+                host.inflight[pending] = host.worker.submit(request)
+                speakers = {t.author for t in earlier if t.role == "user"} | {question.author}
+                try:
+                    text = await self.answerer.answer(request, pending, on_progress, speakers,
+                                                      prefix=prefix)
+                    if grounded:
+                        text, sources = await self.answerer.grounded(text, asked, evidence,
+                                                                     persona)
+                finally:
+                    host.inflight.done(pending)
             info = host.worker.info
             meta = dataclasses.replace(stored.meta, persona=persona.name,
                                        model=channel.model or info.name,

@@ -113,8 +113,10 @@ class HistoryStore(Protocol):
         `prune` erase it like a turn."""
         ...
 
-    async def documents(self, key: ChannelKey, limit: int = 3) -> list[Document]:
-        """The conversation's latest `limit` documents, oldest first."""
+    async def documents(self, key: ChannelKey, limit: int = 3, *,
+                        message_id: str | None = None) -> list[Document]:
+        """The conversation's latest `limit` documents (only those shared with the message
+        `message_id`, when given), oldest first."""
         ...
 
     async def save_channel_settings(self, key: ChannelKey, settings: ChannelSettings) -> None: ...

@@ -320,8 +320,9 @@ class PostgresHistoryStore(PostgresAnswers):
         now = self._clock()
         await self._with(lambda conn: pg_documents.add(conn, key, document, message_id, now))
 
-    async def documents(self, key: ChannelKey, limit: int = 3) -> list[Document]:
-        return await self._with(lambda conn: pg_documents.latest(conn, key, limit))
+    async def documents(self, key: ChannelKey, limit: int = 3, *,
+                        message_id: str | None = None) -> list[Document]:
+        return await self._with(lambda conn: pg_documents.latest(conn, key, limit, message_id))
 
     async def count(self, key: ChannelKey) -> int:
         rows = await self._fetchall(

@@ -51,13 +51,15 @@ async def add(conn: psycopg.AsyncConnection[Any], key: ChannelKey, document: Doc
             (*where, *where, MAX_DOCUMENTS))
 
 
-async def latest(conn: psycopg.AsyncConnection[Any], key: ChannelKey,
-                 limit: int) -> list[Document]:
+async def latest(conn: psycopg.AsyncConnection[Any], key: ChannelKey, limit: int,
+                 message_id: str | None = None) -> list[Document]:
     rows = await (await conn.execute(
         "SELECT name, source, kind, sections, note FROM (SELECT * FROM documents"
         " WHERE platform = %s AND channel_id = %s AND thread_id = %s"
-        " ORDER BY id DESC LIMIT %s) AS latest ORDER BY id",
-        (key.platform, key.channel_id, key.thread_id or "", limit))).fetchall()
+        " AND (%s::text IS NULL OR message_id = %s) ORDER BY id DESC LIMIT %s) AS latest"
+        " ORDER BY id",
+        (key.platform, key.channel_id, key.thread_id or "", message_id, message_id,
+         limit))).fetchall()
     return [document_from_row(*row) for row in rows]
 
 

@@ -175,8 +175,9 @@ class SQLiteHistoryStore(SQLiteAnswers):
                            message_id: str | None = None) -> None:
         await self._run(self._add_document, key, document, message_id)
 
-    async def documents(self, key: ChannelKey, limit: int = 3) -> list[Document]:
-        return await self._run(self._documents, key, limit)
+    async def documents(self, key: ChannelKey, limit: int = 3, *,
+                        message_id: str | None = None) -> list[Document]:
+        return await self._run(self._documents, key, limit, message_id)
 
     # -- state shared between instances: one instance here -----------------------------
 
@@ -360,10 +361,12 @@ class SQLiteHistoryStore(SQLiteAnswers):
                 " AND thread_id = ? ORDER BY id DESC LIMIT 1 OFFSET ?)",
                 (*where, *where, MAX_DOCUMENTS))
 
-    def _documents(self, key: ChannelKey, limit: int) -> list[Document]:
+    def _documents(self, key: ChannelKey, limit: int,
+                   message_id: str | None) -> list[Document]:
         rows = self._conn().execute(
             "SELECT name, source, kind, sections, note FROM (SELECT * FROM documents"
             " WHERE platform = ? AND channel_id = ? AND thread_id = ?"
-            " ORDER BY id DESC LIMIT ?) ORDER BY id",
-            (key.platform, key.channel_id, key.thread_id or "", limit)).fetchall()
+            " AND (? IS NULL OR message_id = ?) ORDER BY id DESC LIMIT ?) ORDER BY id",
+            (key.platform, key.channel_id, key.thread_id or "", message_id, message_id,
+             limit)).fetchall()
         return [document_from_row(*row) for row in rows]

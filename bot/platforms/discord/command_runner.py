@@ -8,6 +8,7 @@ is no member: it cannot read the channel, and it answers only through the intera
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Coroutine
 from typing import Any, Protocol
@@ -19,8 +20,10 @@ from bot.core.answering import SHUTDOWN_MARK
 from bot.core.commands import MAX_SUMMARY_MESSAGES
 from bot.core.conversation import APOLOGY, ConversationCore
 from bot.core.message_commands import EXPLAIN, about_message
+from bot.documents.intake import Intake
 from bot.errors import UserError
 from bot.platforms.base import EditThrottle
+from bot.platforms.discord.attachments import shared_from_message
 from bot.platforms.discord.controls_view import controls_view
 from bot.platforms.discord.live_reply import LiveReply, bounded, describe, queue_status
 from bot.platforms.discord.slash_commands import Interaction
@@ -48,6 +51,7 @@ class RunnerHost(Protocol):
     core: ConversationCore
     settings: Settings
     edit_interval: float
+    intake: Intake | None
 
     @property
     def client(self) -> discord.Client: ...
@@ -72,12 +76,15 @@ class CommandRunner:
 
     async def run_command(self, interaction: Interaction, command: str, args: str = "", *,
                           shown: str | None = None,
-                          fetch_after: discord.Message | None = None) -> None:
+                          fetch_after: discord.Message | None = None,
+                          about: discord.Message | None = None) -> None:
         """Defer at once (Discord's 3-second deadline), run the command, follow up.
 
         Args:
             shown: the question as quoted above an answer (default: `args`).
             fetch_after: summaries read the channel from this message on.
+            about: a message whose files and links the question shares (read after the
+                deferral: downloading them may take longer than Discord waits).
         """
         channel = interaction.channel
         is_direct = interaction.guild_id is None
@@ -93,11 +100,12 @@ class CommandRunner:
                                           f"discord:interaction:{interaction.id}") as mine:
             if mine:  # else another instance on this shard answers it
                 await self._run_claimed(interaction, incoming, command,
-                                        args if shown is None else shown, fetch_after)
+                                        args if shown is None else shown, fetch_after, about)
 
     async def _run_claimed(self, interaction: Interaction, incoming: IncomingMessage,
                            command: str, shown: str,
-                           fetch_after: discord.Message | None) -> None:
+                           fetch_after: discord.Message | None,
+                           about: discord.Message | None) -> None:
         channel = interaction.channel
         private = command in PRIVATE_COMMANDS
         try:
@@ -123,6 +131,9 @@ class CommandRunner:
             live.view = controls_view(("stop",), incoming.message_id)
         bot_id = self.host.client.user.id if self.host.client.user else 0
         try:
+            if about is not None and self.host.intake is not None:
+                incoming = dataclasses.replace(
+                    incoming, shared=await shared_from_message(about, self.host.intake))
             reply = await self.host.core.handle(
                 incoming, on_progress=live.progress, on_queued=queue_status(live),
                 fetch_transcript=history_fetcher(channel, bot_id, after=fetch_after,
@@ -158,20 +169,17 @@ class CommandRunner:
 
     async def ask_about(self, interaction: Interaction, message: discord.Message,
                         question: str) -> None:
-        """Answer `question` about `message` (its text; documents: see `quoted_text`)."""
+        """Answer `question` about `message`: its text quoted, its files and links shared
+        with the question (read by the documents part, when the adapter has an intake)."""
+        bot_id = self.host.client.user.id if self.host.client.user else 0
+        files = ([a.filename for a in message.attachments] if self.host.intake is not None
+                 else [])
         try:
-            text = about_message(message.author.display_name, self.quoted_text(message),
-                                 question, limit=self.host.settings.max_input_chars)
+            text = about_message(message.author.display_name, message_text(message, bot_id),
+                                 question, limit=self.host.settings.max_input_chars,
+                                 attached=files)
         except UserError as exc:
             await self.refuse(interaction, str(exc))
             return
-        await self.host.track(self.run_command(interaction, "ask", text, shown=question))
-
-    def quoted_text(self, message: discord.Message) -> str:
-        """What the model reads of a message a command is about: its text, mentions named.
-
-        The seam for documents: attachments and links of `message` become text here once
-        the documents part can read them.
-        """
-        bot_id = self.host.client.user.id if self.host.client.user else 0
-        return message_text(message, bot_id)
+        await self.host.track(self.run_command(interaction, "ask", text, shown=question,
+                                               about=message))

@@ -28,8 +28,10 @@ log = logging.getLogger(__name__)
 EXPLAIN_CALLBACK_ID = "explain_message"
 ASK_CALLBACK_ID = "ask_about_message"
 ASK_VIEW_ID = "ask_about_message_form"
-QUOTED_CHARS = 2_500
-"""Characters of the message kept in the form (its private metadata holds at most 3,000)."""
+METADATA_CHARS = 3_000
+"""What a form's private metadata holds: the message's text, files and where it is."""
+FILE_FIELDS = ("name", "url_private_download", "size", "mimetype")
+"""What of a message's files the form keeps, to read them once the question comes."""
 
 
 class MessageShortcuts:
@@ -61,10 +63,15 @@ class MessageShortcuts:
         await ack()
         message = as_mapping(shortcut.get("message"))
         channel = str(as_mapping(shortcut.get("channel")).get("id", ""))
-        metadata = json.dumps({"channel": channel, "ts": message.get("ts"),
-                               "thread_ts": message.get("thread_ts"),
-                               "user": message.get("user"),
-                               "text": str(message.get("text") or "")[:QUOTED_CHARS]})
+        files = [{k: as_mapping(f).get(k) for k in FILE_FIELDS}
+                 for f in message.get("files") or [] if isinstance(f, Mapping)]
+        saved: dict[str, Any] = {"channel": channel, "ts": message.get("ts"),
+                 "thread_ts": message.get("thread_ts"), "user": message.get("user"),
+                 "files": files[:5], "text": str(message.get("text") or "")}
+        metadata = json.dumps(saved)
+        while len(metadata) > METADATA_CHARS:  # a long message is cut, as quoting cuts it
+            saved["text"] = saved["text"][:-200]
+            metadata = json.dumps(saved)
         view = {"type": "modal", "callback_id": ASK_VIEW_ID, "private_metadata": metadata,
                 "title": {"type": "plain_text", "text": "Ask about this"},
                 "submit": {"type": "plain_text", "text": "Ask"},
@@ -90,7 +97,8 @@ class MessageShortcuts:
             return
         shortcut = {"user": body.get("user"), "team": body.get("team"),
                     "channel": {"id": saved.get("channel")},
-                    "message": {k: saved.get(k) for k in ("ts", "thread_ts", "user", "text")},
+                    "message": {k: saved.get(k)
+                                for k in ("ts", "thread_ts", "user", "text", "files")},
                     "trigger_id": body.get("trigger_id", "")}
         self._spawn(self._answer(shortcut, question, None))
 
@@ -107,14 +115,17 @@ class MessageShortcuts:
         if not self.allowed(base.key.channel_id, base.is_direct):
             await self.delivery.respond(target, ["I'm not enabled in this channel."])
             return
+        files = [str(as_mapping(f).get("name") or "file") for f in message.get("files") or []]
         try:
             prompt = about_message(names.get(author) or author or "someone",
                                    slack_to_text(text, names), question,
-                                   limit=self.settings.max_input_chars)
+                                   limit=self.settings.max_input_chars,
+                                   attached=files if self.flow.intake is not None else ())
         except UserError as exc:
             await self.delivery.respond(target, [str(exc)])
             return
         root = str(message.get("thread_ts") or message.get("ts") or "") or None
+        # The message itself as the event the answer flow reads files from.
         msg = dataclasses.replace(base, key=ChannelKey("slack", base.key.channel_id, root),
-                                  text=prompt, command="ask", args=prompt)
+                                  text=prompt, command="ask", args=prompt, raw=message)
         await self.flow.answer(msg, Target(msg.key.channel_id, root, respond))
