@@ -833,8 +833,9 @@ def test_manifest_declares_what_the_adapter_uses() -> None:
         "assistant_thread_started"}
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     assert scopes == {"app_mentions:read", "assistant:write", "channels:history",
-                      "channels:read", "chat:write", "commands", "groups:history",
-                      "groups:read", "im:history", "mpim:history", "users:read"}
+                      "channels:read", "chat:write", "commands", "files:read",
+                      "groups:history", "groups:read", "im:history", "mpim:history",
+                      "users:read"}
     assert features["assistant_view"]["assistant_description"]
     assert features["app_home"]["messages_tab_enabled"] is True
 
