@@ -293,3 +293,41 @@ async def test_slack_ask_about_this_reads_the_files_of_the_message_it_is_used_on
     prompt = backend.prompts[-1][-1]["content"]
     assert "Brightbird" in prompt and "(attached: report.pdf)" in prompt
     assert slack.files[report["id"]].downloads == ["xoxb-test"]
+
+
+async def test_discord_summarize_this_summarises_a_messages_file_and_refuses_plain_text(
+        discord: FakeDiscord, settings: Settings, history: HistoryStore,
+        intake: Intake) -> None:
+    async with make_core(EchoBackend(), settings, history) as core, \
+            discord_bot(discord, core, settings, intake):
+        bob = discord.create_user("bob")
+        target = await discord.send_user_message(channel(discord), bob, "the Q3 report",
+                                                 attachments=[("report.pdf", files.pdf())])
+        plain = await discord.send_user_message(channel(discord), bob, "no file here")
+        refused = await run_message_command(discord, "Summarize this", plain)
+        await acked(refused)
+        summary = await run_message_command(discord, "Summarize this", target)
+        await acked(summary)
+        await summary.wait_followups(1)
+        await discord.wait_for(lambda: (summary.original_message or {}).get(
+            "content", "").endswith("Sources: report.pdf"), message="no summary")
+    assert refused.callbacks[0].json["data"]["content"].startswith(
+        "That message has no file or link for me to summarise")
+    stored = await history.recent(ChannelKey("discord", str(channel(discord).id)))
+    assert [t.text for t in stored if t.role == "user"][-1] == (
+        "[attached: report.pdf]\nSummarise this.")
+
+
+async def test_slack_summarize_this_summarises_a_messages_file(
+        slack: FakeSlack, slack_settings: Settings, history: HistoryStore,
+        intake: Intake) -> None:
+    report = add_file(slack, "report.pdf", files.pdf())
+    async with core_with(EchoBackend(), history, slack_settings) as core, \
+            running(core, slack_settings, slack, intake=intake):
+        target = slack.seed_message(CHANNEL, "the Q3 report", user=ALICE, subtype="file_share",
+                                    files=[report])
+        await slack.send_message_shortcut("summarize_message", CHANNEL, target["ts"])
+        text = await slack_reply(slack, target["ts"], "Sources:")
+    assert text.endswith("Sources: report.pdf")
+    stored = await history.recent(ChannelKey("slack", CHANNEL, target["ts"]))
+    assert stored[0].text == "[attached: report.pdf]\nSummarise this."

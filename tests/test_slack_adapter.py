@@ -40,7 +40,11 @@ from bot.platforms.slack.events import (
     to_incoming,
 )
 from bot.platforms.slack.format import PART_CHARS, WORD_JOINER
-from bot.platforms.slack.message_shortcuts import ASK_CALLBACK_ID, EXPLAIN_CALLBACK_ID
+from bot.platforms.slack.message_shortcuts import (
+    ASK_CALLBACK_ID,
+    EXPLAIN_CALLBACK_ID,
+    SUMMARIZE_CALLBACK_ID,
+)
 from bot.storage.interface import ChannelSettings, HistoryStore
 from bot.types import ChannelKey, Reply, Turn
 from tests.conftest import with_settings
@@ -825,7 +829,7 @@ def test_manifest_declares_what_the_adapter_uses() -> None:
                 "/mute", "/invite", "/shortcuts"}
     assert not reserved & set(commands), "Slack rejects manifests naming built-in commands"
     assert [s["callback_id"] for s in features["shortcuts"]] == [
-        SHORTCUT_CALLBACK_ID, EXPLAIN_CALLBACK_ID, ASK_CALLBACK_ID]
+        SHORTCUT_CALLBACK_ID, EXPLAIN_CALLBACK_ID, ASK_CALLBACK_ID, SUMMARIZE_CALLBACK_ID]
     assert settings["socket_mode_enabled"] is True
     assert settings["interactivity"]["is_enabled"] is True
     assert set(settings["event_subscriptions"]["bot_events"]) == {

@@ -9,6 +9,9 @@ from bot.errors import UserError
 
 EXPLAIN = "Explain this message: what it says, and what it means."
 NO_TEXT = "That message has no text or file I can read, so there is nothing for me to go on."
+NOTHING_TO_SUMMARISE = ("That message has no file or link for me to summarise. To summarise "
+                        "the conversation, use Summarize from here (Discord) or Summarize "
+                        "thread (Slack).")
 
 
 def about_message(author: str, text: str, question: str, *, limit: int,

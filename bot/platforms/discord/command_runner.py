@@ -19,8 +19,8 @@ from bot.config import Settings
 from bot.core.answering import SHUTDOWN_MARK
 from bot.core.commands import MAX_SUMMARY_MESSAGES
 from bot.core.conversation import APOLOGY, ConversationCore
-from bot.core.message_commands import EXPLAIN, about_message
-from bot.documents.intake import Intake
+from bot.core.message_commands import EXPLAIN, NOTHING_TO_SUMMARISE, about_message
+from bot.documents.intake import Intake, find_links
 from bot.errors import UserError
 from bot.platforms.base import EditThrottle
 from bot.platforms.discord.attachments import shared_from_message
@@ -166,6 +166,15 @@ class CommandRunner:
 
     async def explain(self, interaction: Interaction, message: discord.Message) -> None:
         await self.ask_about(interaction, message, EXPLAIN)
+
+    async def summarize_this(self, interaction: Interaction, message: discord.Message) -> None:
+        """The files and links of `message`, summarised (a request with no question)."""
+        if self.host.intake is None or not (message.attachments
+                                            or find_links(message.content)):
+            await self.refuse(interaction, NOTHING_TO_SUMMARISE)
+            return
+        await self.host.track(self.run_command(interaction, "ask", "", shown="Summarize this",
+                                               about=message))
 
     async def ask_about(self, interaction: Interaction, message: discord.Message,
                         question: str) -> None:

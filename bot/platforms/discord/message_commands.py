@@ -1,6 +1,7 @@
 """Discord's message commands (right-click a message → Apps), declared on the command tree:
-**Summarize from here**, **Ask about this** (a modal asks for the question) and **Explain**.
-Discord allows five message commands per app; these are three."""
+**Summarize from here**, **Ask about this** (a modal asks for the question), **Explain** and
+**Summarize this** (the message's files and links). Discord allows five message commands per
+app; these are four."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ class MessageCommandTarget(Protocol):
                                   message: discord.Message) -> None: ...
 
     async def explain(self, interaction: Interaction, message: discord.Message) -> None: ...
+
+    async def summarize_this(self, interaction: Interaction,
+                             message: discord.Message) -> None: ...
 
     async def ask_about(self, interaction: Interaction, message: discord.Message,
                         question: str) -> None: ...
@@ -58,6 +62,10 @@ def register_message_commands(tree: app_commands.CommandTree[Any],
     async def explain(interaction: Interaction, message: discord.Message) -> None:
         await target.explain(interaction, message)
 
+    async def summarize_this(interaction: Interaction, message: discord.Message) -> None:
+        await target.summarize_this(interaction, message)
+
     for name, callback in (("Summarize from here", summarize_from_here),
-                           ("Ask about this", ask_about_this), ("Explain", explain)):
+                           ("Ask about this", ask_about_this), ("Explain", explain),
+                           ("Summarize this", summarize_this)):
         tree.add_command(app_commands.ContextMenu(name=name, callback=callback))

@@ -92,10 +92,12 @@ async def shared_from_message(message: Mapping[str, Any], client: AsyncWebClient
 
 
 async def shared_for(msg: IncomingMessage, client: AsyncWebClient, intake: Intake) -> Shared:
-    """What `msg` shares (its event is `msg.raw`), or its thread root's when it has nothing."""
+    """What `msg` shares (its event is `msg.raw`: files, and links in its text or the
+    message's), or its thread root's when it has nothing."""
     event = msg.raw if isinstance(msg.raw, Mapping) else {}
     files = files_of(event, client)
-    if files or find_links(msg.text) or not msg.key.thread_id or not msg.addressed:
-        return await intake.message(files, msg.text)
+    text = msg.text or slack_to_text(str(event.get("text") or ""), {})
+    if files or find_links(text) or not msg.key.thread_id or not msg.addressed:
+        return await intake.message(files, text)
     root = await _thread_root(client, msg.key.channel_id, msg.key.thread_id)
     return await shared_from_message(root, client, intake)

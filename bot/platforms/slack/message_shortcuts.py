@@ -1,6 +1,7 @@
 """Slack's message shortcuts that ask about one message (the equivalent of Discord's message
-commands): **Explain**, answered at once, and **Ask about this**, which first opens a form
-for the question. The answer goes in the message's thread, with its controls."""
+commands): **Explain**, answered at once, **Ask about this**, which first opens a form for
+the question, and **Summarize this**, which summarises the message's files and links. The
+answer goes in the message's thread, with its controls."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from typing import Any
 from slack_bolt.async_app import AsyncAck, AsyncApp, AsyncRespond
 
 from bot.config import Settings
-from bot.core.message_commands import EXPLAIN, about_message
+from bot.core.message_commands import EXPLAIN, NOTHING_TO_SUMMARISE, about_message
+from bot.documents.intake import find_links
 from bot.errors import UserError
 from bot.platforms.slack.answer_flow import AnswerFlow
 from bot.platforms.slack.delivery import SlackDelivery, Target
@@ -28,6 +30,7 @@ log = logging.getLogger(__name__)
 EXPLAIN_CALLBACK_ID = "explain_message"
 ASK_CALLBACK_ID = "ask_about_message"
 ASK_VIEW_ID = "ask_about_message_form"
+SUMMARIZE_CALLBACK_ID = "summarize_message"
 METADATA_CHARS = 3_000
 """What a form's private metadata holds: the message's text, files and where it is."""
 FILE_FIELDS = ("name", "url_private_download", "size", "mimetype")
@@ -35,7 +38,7 @@ FILE_FIELDS = ("name", "url_private_download", "size", "mimetype")
 
 
 class MessageShortcuts:
-    """Explain and Ask about this."""
+    """Explain, Ask about this and Summarize this."""
 
     def __init__(self, *, settings: Settings, reader: SlackReader, delivery: SlackDelivery,
                  flow: AnswerFlow, allowed: Callable[[str, bool], bool],
@@ -50,12 +53,18 @@ class MessageShortcuts:
     def register(self, app: AsyncApp) -> None:
         app.shortcut(EXPLAIN_CALLBACK_ID)(self._on_explain)
         app.shortcut(ASK_CALLBACK_ID)(self._on_ask)
+        app.shortcut(SUMMARIZE_CALLBACK_ID)(self._on_summarize)
         app.view(ASK_VIEW_ID)(self._on_question)
 
     async def _on_explain(self, ack: AsyncAck, shortcut: dict[str, Any],
                           respond: AsyncRespond) -> None:
         await ack()
         self._spawn(self._answer(shortcut, EXPLAIN, respond))
+
+    async def _on_summarize(self, ack: AsyncAck, shortcut: dict[str, Any],
+                            respond: AsyncRespond) -> None:
+        await ack()
+        self._spawn(self._answer(shortcut, None, respond))
 
     async def _on_ask(self, ack: AsyncAck, shortcut: dict[str, Any],
                       respond: AsyncRespond) -> None:
@@ -102,9 +111,10 @@ class MessageShortcuts:
                     "trigger_id": body.get("trigger_id", "")}
         self._spawn(self._answer(shortcut, question, None))
 
-    async def _answer(self, shortcut: Mapping[str, Any], question: str,
+    async def _answer(self, shortcut: Mapping[str, Any], question: str | None,
                       respond: AsyncRespond | None) -> None:
-        """Answer `question` about the shortcut's message, in its thread."""
+        """Answer `question` about the shortcut's message, in its thread; with no question,
+        summarise the message's files and links."""
         user = str(as_mapping(shortcut.get("user")).get("id", ""))
         message = as_mapping(shortcut.get("message"))
         author = str(message.get("user") or "")
@@ -117,10 +127,15 @@ class MessageShortcuts:
             return
         files = [str(as_mapping(f).get("name") or "file") for f in message.get("files") or []]
         try:
-            prompt = about_message(names.get(author) or author or "someone",
-                                   slack_to_text(text, names), question,
-                                   limit=self.settings.max_input_chars,
-                                   attached=files if self.flow.intake is not None else ())
+            if question is None:  # Summarize this: the files and links, read by the flow
+                if self.flow.intake is None or not (files or find_links(slack_to_text(text))):
+                    raise UserError(NOTHING_TO_SUMMARISE)
+                prompt = ""
+            else:
+                prompt = about_message(names.get(author) or author or "someone",
+                                       slack_to_text(text, names), question,
+                                       limit=self.settings.max_input_chars,
+                                       attached=files if self.flow.intake is not None else ())
         except UserError as exc:
             await self.delivery.respond(target, [str(exc)])
             return
