@@ -424,7 +424,7 @@ async def test_slash_commands_are_registered_with_typed_options(
                              "settings", "reindex", "forget", "model"}
     assert all(c["description"] for c in commands.values())
     menus = {c["name"] for c in fake.registered_commands() if c.get("type") == 3}
-    assert menus == {"Summarize from here", "Ask about this", "Explain"}
+    assert menus == {"Summarize from here", "Summarize this", "Ask about this", "Explain"}
     for command in fake.registered_commands():  # installable by a server or a user
         assert command["integration_types"] == [0, 1]
         assert sorted(command["contexts"]) == [0, 1, 2]
@@ -445,7 +445,7 @@ async def test_guild_id_registers_commands_in_that_server_only(
     assert fake.registered_commands() == []
     assert {c["name"] for c in fake.registered_commands(fake.default_guild)} == {
         "ask", "summarize", "reset", "help", "status", "persona", "settings", "reindex",
-        "forget", "model", "Summarize from here", "Ask about this", "Explain"}
+        "forget", "model", "Summarize from here", "Summarize this", "Ask about this", "Explain"}
 
 
 async def test_slash_ask_defers_within_deadline_then_streams_follow_up(
