@@ -217,9 +217,9 @@ def test_int4_keeps_a_q4_block_exactly_up_to_bf16_scales() -> None:
 
 def test_models_the_own_step_does_not_take_are_named(tiny_model_dir: Path) -> None:
     model = load(tiny_model_dir)
-    assert unsupported(model) is None
+    assert unsupported(model.config) is None
     model.config.model_type = "gpt2"
-    assert unsupported(model) == "not a Llama model"
+    assert unsupported(model.config) == "not a Llama model"
     assert step_backend(model, AutoTokenizer.from_pretrained(tiny_model_dir), kind="fp32",
                         name="x", bot_name="Bot", context_tokens=64, prompt_cache_mb=0,
                         steps_root=None) is None

@@ -26,11 +26,11 @@ from bot.engines.contract import GenerationRequest, ModelInfo
 from bot.engines.local.batch import BatchStats, HFDecodeBatch, can_batch
 from bot.engines.local.cpu_linear import convert_linears, describe, release_freed_memory
 from bot.engines.local.kernel_choice import KernelChoice
-from bot.engines.local.model_cache import kernel_cache_file, load_pretrained
+from bot.engines.local.model_cache import converted_folder, kernel_cache_file, load_pretrained
 from bot.engines.local.model_source import ModelSource, is_four_bit
 from bot.engines.local.prompt_cache import PromptCache
 from bot.engines.local.rendering import HFTokenCounter, PromptRenderer
-from bot.engines.local.step_backend import StepBackend, step_backend
+from bot.engines.local.step_backend import StepBackend, step_backend, stored_step_backend
 
 log = logging.getLogger(__name__)
 
@@ -184,13 +184,24 @@ def load_backend(source: ModelSource, *, device: str, dtype: str, cache_dir: str
     on_cpu = chosen_device == "cpu" and chosen_dtype == torch.float32
     if mode != "off" and not on_cpu:
         log.info("MODEL_QUANTIZE=%s applies to fp32 on the CPU only; ignored", mode)
+    kernels = kernel_cache_file(source, cache_dir)
+    own_step = on_cpu and mode == "int4"
+    # For a GGUF file, whose converted folder is keyed by the file, a later start reads
+    # the step's weights as the first stored them and never builds the fp32 model.
+    converted = converted_folder(source, cache_dir)
+    if own_step and converted is not None:
+        stored = stored_step_backend(str(converted), kind="int4", name=source.display_name,
+                                     bot_name=bot_name, context_tokens=context_tokens,
+                                     prompt_cache_mb=prompt_cache_mb, steps_root=kernels.parent)
+        if stored is not None:
+            return stored
     model, tokenizer = load_pretrained(source, dtype=chosen_dtype, cache_dir=cache_dir)
     model.to(chosen_device)  # type: ignore[arg-type]
-    kernels = kernel_cache_file(source, cache_dir)
-    if on_cpu and mode == "int4":
+    if own_step:
         own = step_backend(model, tokenizer, kind="int4", name=source.display_name,
                            bot_name=bot_name, context_tokens=context_tokens,
-                           prompt_cache_mb=prompt_cache_mb, steps_root=kernels.parent)
+                           prompt_cache_mb=prompt_cache_mb, steps_root=kernels.parent,
+                           store_weights=source.kind == "gguf")
         if own is not None:
             del model  # the step holds its own (int4) copy of every weight
             release_freed_memory()

@@ -52,9 +52,9 @@ class LlamaShape:
         return cls(**json.loads(text))
 
 
-def unsupported(model: nn.Module) -> str | None:
-    """Why the own step cannot run `model` (None when it can): a plain Llama only."""
-    config: Any = getattr(model, "config", None)
+def unsupported(config: Any) -> str | None:
+    """Why the own step cannot run a model of this transformers `config` (None when it
+    can): a plain Llama only."""
     if config is None or getattr(config, "model_type", None) != "llama":
         return "not a Llama model"
     rope = getattr(config, "rope_parameters", None) or {"rope_type": "default"}
@@ -69,8 +69,8 @@ def unsupported(model: nn.Module) -> str | None:
     return ", ".join(reasons) or None
 
 
-def shape_of(model: nn.Module) -> LlamaShape:
-    config: Any = getattr(model, "config")  # noqa: B009 - a transformers model
+def shape_of(config: Any) -> LlamaShape:
+    """The sizes of a model with this transformers `config`."""
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
     return LlamaShape(layers=config.num_hidden_layers, hidden=config.hidden_size,
                       heads=config.num_attention_heads, kv_heads=config.num_key_value_heads,
@@ -121,7 +121,7 @@ def from_model(model: nn.Module, kind: str, head_kind: str | None = None) -> Wei
     """Gather (and for int4 quantize) `model`'s weights; the model can be dropped after."""
     if kind not in KINDS:
         raise ValueError(f"unknown weight kind {kind!r}")
-    shape = shape_of(model)
+    shape = shape_of(getattr(model, "config"))  # noqa: B009 - a transformers model
     inner: Any = getattr(model, "model")  # noqa: B009
     embedding = inner.embed_tokens.weight.detach().float()
     if kind == "fp32":

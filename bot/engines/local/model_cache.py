@@ -37,6 +37,12 @@ def cache_folder(source: ModelSource, cache_dir: str | Path) -> Path:
     return Path(cache_dir) / f"{path.stem}-{digest}"
 
 
+def converted_folder(source: ModelSource, cache_dir: str | Path) -> Path | None:
+    """The complete converted copy of a GGUF file, or None before the first start."""
+    folder = cache_folder(source, cache_dir) if source.kind == "gguf" else None
+    return folder if folder is not None and (folder / _COMPLETE).is_file() else None
+
+
 def kernel_cache_file(source: ModelSource, cache_dir: str | Path) -> Path:
     """Where the linear kernel choice for `source` is cached (`kernel_choice`): next to
     the converted model, or for a folder or hub model in `cache_dir`."""
@@ -54,8 +60,9 @@ def load_pretrained(source: ModelSource, *, dtype: torch.dtype,
     """
     try:
         if source.kind == "gguf":
-            folder = cache_folder(source, cache_dir)
-            if not (folder / _COMPLETE).is_file():
+            folder = converted_folder(source, cache_dir)
+            if folder is None:
+                folder = cache_folder(source, cache_dir)
                 _convert_gguf(source, folder)
             else:
                 log.info("Loading %s from the converted cache %s", source.display_name, folder)

@@ -15,15 +15,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    GenerationConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from bot.engines.contract import GenerationRequest, ModelInfo
-from bot.engines.local import llama_weights
+from bot.engines.local import llama_weights, stored_weights
 from bot.engines.local.batch import BatchStats
 from bot.engines.local.batch_rows import Endings
 from bot.engines.local.linear_kernels import available
 from bot.engines.local.llama_step import empty_cache, forward
-from bot.engines.local.llama_weights import Weights
+from bot.engines.local.llama_weights import LlamaShape, Weights
 from bot.engines.local.prompt_cache import PromptCache
 from bot.engines.local.rendering import HFTokenCounter, PromptRenderer
 from bot.engines.local.static_batch import StaticDecodeBatch, slot_count
@@ -111,12 +117,56 @@ class StepBackend:
 def step_backend(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, kind: str,
                  name: str, bot_name: str, context_tokens: int, prompt_cache_mb: float,
                  steps_root: Path | None, compile_delay: float | None = START_DELAY,
-                 compiled_slots: Sequence[int] = COMPILED_SLOTS) -> StepBackend | None:
+                 compiled_slots: Sequence[int] = COMPILED_SLOTS,
+                 store_weights: bool = False) -> StepBackend | None:
     """A `StepBackend` for `model`, or None (logged) when the own step cannot run it; the
-    caller then keeps transformers' forward. `steps_root`: where compiled steps are cached
-    (None: never compiled)."""
-    reason = llama_weights.unsupported(model)
-    shape = llama_weights.shape_of(model) if reason is None else None
+    caller then keeps transformers' forward. `steps_root`: where compiled steps (and, with
+    `store_weights`, the step's weights for `stored_step_backend`) are cached (None: never
+    compiled)."""
+    shape = _runnable_shape(model.config, kind)
+    if shape is None:
+        return None
+    weights = llama_weights.from_model(model, kind)
+    if store_weights and steps_root is not None:
+        stored_weights.save(weights, stored_weights.path_for(steps_root, shape, kind))
+    return _serve(weights, tokenizer, model.config, model.generation_config, name=name,
+                  bot_name=bot_name, context_tokens=context_tokens,
+                  prompt_cache_mb=prompt_cache_mb, steps_root=steps_root,
+                  compile_delay=compile_delay, compiled_slots=compiled_slots)
+
+
+def stored_step_backend(location: str, *, kind: str, name: str, bot_name: str,
+                        context_tokens: int, prompt_cache_mb: float, steps_root: Path,
+                        compile_delay: float | None = START_DELAY,
+                        compiled_slots: Sequence[int] = COMPILED_SLOTS) -> StepBackend | None:
+    """The warm start: a `StepBackend` from the weights an earlier `step_backend` stored
+    under `steps_root` for the model in `location` (a folder), without loading the model
+    itself; None when there are none."""
+    config = AutoConfig.from_pretrained(location)
+    if llama_weights.unsupported(config) is not None:  # then nothing was stored
+        return None
+    path = stored_weights.path_for(steps_root, llama_weights.shape_of(config), kind)
+    shape = _runnable_shape(config, kind) if path.is_file() else None
+    if shape is None:
+        return None
+    weights = stored_weights.load(path, shape, kind)
+    if weights is None:
+        return None
+    log.info("the step's weights loaded from %s", path)
+    try:
+        generation = GenerationConfig.from_pretrained(location)
+    except OSError:  # no generation_config.json: what transformers derives from the config
+        generation = GenerationConfig.from_model_config(config)
+    return _serve(weights, AutoTokenizer.from_pretrained(location), config, generation,
+                  name=name, bot_name=bot_name, context_tokens=context_tokens,
+                  prompt_cache_mb=prompt_cache_mb, steps_root=steps_root,
+                  compile_delay=compile_delay, compiled_slots=compiled_slots)
+
+
+def _runnable_shape(config: Any, kind: str) -> LlamaShape | None:
+    """The model's shape when the own step can run it in `kind` here, else None (logged)."""
+    reason = llama_weights.unsupported(config)
+    shape = llama_weights.shape_of(config) if reason is None else None
     if shape is not None and kind == "int4" and not llama_weights.fits_int4(shape):
         reason = "matrix shapes torch's int4 kernel does not take"
     elif kind == "int4" and not (available("int4") and available("int8w")):
@@ -125,13 +175,20 @@ def step_backend(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, *, 
         log.info("the own decode step does not run this model (%s); using transformers'",
                  reason)
         return None
-    weights = llama_weights.from_model(model, kind)
-    limit = getattr(model.config, "max_position_embeddings", None) or context_tokens
+    return shape
+
+
+def _serve(weights: Weights, tokenizer: PreTrainedTokenizerBase, config: Any,
+           generation_config: Any, *, name: str, bot_name: str, context_tokens: int,
+           prompt_cache_mb: float, steps_root: Path | None, compile_delay: float | None,
+           compiled_slots: Sequence[int]) -> StepBackend:
+    limit = getattr(config, "max_position_embeddings", None) or context_tokens
     steps = None
     if steps_root is not None:
-        steps = CompiledSteps(folder_for(steps_root, shape, kind), shape, kind,
+        steps = CompiledSteps(folder_for(steps_root, weights.shape, weights.kind),
+                              weights.shape, weights.kind,
                               [slot_count(c) for c in compiled_slots], delay=compile_delay)
-    log.info("own decode step, %s weights (%.0f MiB)", kind, weights.nbytes / 2**20)
-    return StepBackend(weights, tokenizer, model.generation_config, name=name,
+    log.info("own decode step, %s weights (%.0f MiB)", weights.kind, weights.nbytes / 2**20)
+    return StepBackend(weights, tokenizer, generation_config, name=name,
                        bot_name=bot_name, context_tokens=min(context_tokens, int(limit)),
                        prompt_cache_mb=prompt_cache_mb, steps=steps)
