@@ -12,7 +12,8 @@ import psycopg
 import pytest
 
 from bot.errors import StoreUnavailable
-from bot.storage.postgres import MIGRATIONS, PostgresHistoryStore
+from bot.storage.postgres import PostgresHistoryStore
+from bot.storage.postgres_schema import MIGRATIONS
 from bot.types import ChannelKey, Turn
 from tests.pg_server import running_postgres
 
