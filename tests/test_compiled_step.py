@@ -53,9 +53,11 @@ def test_a_compiled_step_is_swapped_in_and_decodes_the_same(
     assert first.steps is not None
     eager = decode(first.open_batch(), requests)  # served while the child compiles
     assert "compiling 2" in first.info.note()
+    assert first.steps.building
     with caplog.at_level(logging.INFO):
         first.steps.wait()
     assert first.info.note() == "; compiled decode steps for 2 rows"
+    assert not first.steps.building
     assert "decode step for 2 slot(s) compiled in" in caplog.text
     batch = first.open_batch()
     compiled = batch._step_for(2)
@@ -67,6 +69,7 @@ def test_a_compiled_step_is_swapped_in_and_decodes_the_same(
 
     again = backend(tiny_model_dir, tmp_path)  # a later start: loaded, nothing to build
     assert again.info.note() == "; compiled decode steps for 2 rows"
+    assert again.steps is not None and not again.steps.building
     assert decode(again.open_batch(), requests) == eager
     again.close()
 
@@ -79,6 +82,7 @@ def test_a_failed_build_leaves_the_steps_eager(tmp_path: Path,
     with caplog.at_level(logging.WARNING):
         steps.wait()
     steps.close()
+    assert not steps.building  # no more tries after a failure
     assert steps.get(1) is None and steps.get(2) is None
     assert steps.describe() == "to compile: 2 rows; failed to compile: 1 row"
     assert "compiling the decode step for 1 slot(s) failed" in caplog.text

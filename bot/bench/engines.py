@@ -231,7 +231,7 @@ async def _compiled_steps(backend: Any) -> dict[str, Any]:
     watch = LoopWatch()
     building = time.perf_counter()
     async with watch:
-        while "compil" in steps.describe():
+        while steps.building:
             _progress(f"local: waiting for compiled steps ({steps.describe()})")
             await asyncio.to_thread(steps.wait)
     out["waited_s"] = time.perf_counter() - building

@@ -25,6 +25,7 @@ from transformers import PreTrainedTokenizerBase
 from bot.engines.contract import GenerationRequest, StepOutput
 from bot.engines.local.batch import BatchStats
 from bot.engines.local.batch_rows import Endings, Row, output, reusable
+from bot.engines.local.cpu_linear import release_freed_memory
 from bot.engines.local.llama_step import DecodeStep, empty_cache, forward
 from bot.engines.local.llama_weights import Weights
 from bot.engines.local.prompt_cache import CachedPrompt, PromptCache
@@ -195,8 +196,11 @@ class StaticDecodeBatch:
                     .generated)
 
     def clear(self) -> None:
+        """Drop every row and the cache; glibc would keep the freed cache (100 MiB and more
+        after 8 rows) for reuse, so it is handed back to the system while the bot is idle."""
         self._slots = []
         self._keys, self._values = empty_cache(self.weights.shape, 0, 0)
+        release_freed_memory()
 
     def _store(self, row: Row) -> None:
         key = row.request.cache_key

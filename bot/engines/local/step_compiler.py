@@ -174,6 +174,13 @@ class CompiledSteps:
             child[1].wait()
         self.poll()
 
+    @property
+    def building(self) -> bool:
+        """Whether a build runs or is still to start (none after a failure or `close`)."""
+        with self._lock:
+            return self._child is not None or (
+                bool(self._missing) and not self._failed and not self._closed)
+
     def describe(self) -> str:
         """Which steps are compiled, for the logs and /status."""
         with self._lock:
