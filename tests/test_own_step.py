@@ -146,6 +146,23 @@ def test_rows_leaving_mid_batch_shrink_the_cache_and_leave_the_others_unchanged(
     assert outputs[4].finished
 
 
+def test_rows_joining_together_get_their_cache_in_one_allocation(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Growing slot by slot would copy the cache at each join and hold two copies at once."""
+    batch = own(tiny_model_dir).open_batch()
+    sizes: list[tuple[int, int]] = []
+    resize = batch._resize
+
+    def counted(slots: int, columns: int) -> None:
+        sizes.append((slots, columns))
+        resize(slots, columns)
+
+    monkeypatch.setattr(batch, "_resize", counted)
+    admit(batch, list(enumerate(chat(text, 4) for text in PROMPTS[:5])))
+    assert len(sizes) == 1
+    assert sizes[0][0] == 8 and batch._keys.shape[1] == 8
+
+
 def test_a_follow_up_reuses_its_conversation_and_answers_the_same(
         tiny_model_dir: Path) -> None:
     backend = own(tiny_model_dir)
