@@ -5,14 +5,17 @@ for each file that could not be read."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import dataclasses
+import time
 from collections.abc import AsyncIterator
 
 from bot.config import Settings
-from bot.core.controls import GONE
+from bot.core.answering import STOPPED_MARK
+from bot.core.controls import GONE, NOT_RUNNING, ONLY_ASKER
 from bot.core.conversation import ConversationCore
-from bot.core.documents import DOCUMENT_NOTE, MAP, WHOLE, is_summary_request
+from bot.core.documents import DOCUMENT_NOTE, MAP, REDUCE, WHOLE, is_summary_request
 from bot.engines.contract import GenerationRequest, ModelInfo
 from bot.engines.worker import ModelWorker
 from bot.storage.interface import HistoryStore
@@ -30,6 +33,7 @@ from bot.types import (
     Unreadable,
 )
 from tests.fakes.backends import FAKE_INFO, EchoBackend
+from tests.test_controls_core import until
 
 KEY = ChannelKey("discord", "general")
 REPORT = Document("report.pdf", "file", "PDF", (
@@ -251,3 +255,92 @@ async def test_a_regenerated_answer_about_a_document_reads_that_document_again(
     assert DOCUMENT_NOTE in system
     assert user.startswith('<document name="report.pdf">') and "other.pdf" not in user
     assert user.endswith("[attached: report.pdf]\nHow many days for a refund?")
+
+
+class HeldReduceBackend(EchoBackend):
+    """Summarises each part at once; the combining call writes three words, then holds until
+    it is stopped (so a test can press Stop in the middle of the shown summary)."""
+
+    def __init__(self, *, hold_parts: bool = False) -> None:
+        super().__init__()
+        self.hold_parts = hold_parts
+        self.calls = 0
+
+    def generate(self, request, emit, should_stop):  # type: ignore[no-untyped-def]
+        self.calls += 1
+        combining = request.prompt[0]["content"] == REDUCE
+        if combining:
+            for piece in ("Kettles", " and", " ledgers"):
+                emit(piece)
+        if combining or self.hold_parts:
+            while not should_stop():
+                time.sleep(0.005)
+            return "stopped"
+        return super().generate(request, emit, should_stop)
+
+
+async def test_stop_while_a_long_document_is_read_stops_every_part_and_stores_it_once(
+        history: HistoryStore, settings: Settings) -> None:
+    backend = HeldReduceBackend(hold_parts=True)
+    shown: list[str] = []
+
+    async def progress(text: str) -> None:
+        shown.append(text)
+
+    async with core_on(backend, history, settings) as core:
+        answer = asyncio.create_task(core.handle(
+            message("summarise this", shared=Shared(documents=(long_document(pages=10),))),
+            on_progress=progress))
+        await until(lambda: backend.calls)
+        stranger = Press(KEY, "m1", "stop", "id-bo", "bo")
+        assert await core.controls.press(stranger) == ONLY_ASKER
+        assert await core.controls.press(press("stop")) is None
+        reply = await answer
+        assert backend.calls == 1  # the parts after the first were never asked for
+        assert await core.controls.press(press("stop")) \
+            == NOT_RUNNING
+        backend.hold_parts = False
+        after = await core.handle(message("What do kettles cost?", message_id="m2"))
+    assert shown[0].startswith("_Reading minutes.pdf: part 1 of")
+    assert reply is not None
+    assert reply.text == STOPPED_MARK.strip() + "\n\nSources: minutes.pdf"
+    assert reply.controls == ("regenerate", "up", "down")
+    stored = await history.answer(KEY, "m1")
+    assert stored is not None and stored.meta.finish == "stopped"
+    assert [t.role for t in await history.recent(KEY)] == ["user", "assistant"] * 2
+    assert after is not None and after.text.startswith("echo: What do kettles cost?")
+
+
+async def test_stop_while_the_parts_are_combined_keeps_the_summary_so_far(
+        history: HistoryStore, settings: Settings) -> None:
+    backend = HeldReduceBackend()
+    shown: list[str] = []
+
+    async def progress(text: str) -> None:
+        shown.append(text)
+
+    async with core_on(backend, history, settings) as core:
+        answer = asyncio.create_task(core.handle(
+            message("summarise this", shared=Shared(documents=(long_document(pages=10),))),
+            on_progress=progress))
+        await until(lambda: shown and shown[-1] == "Kettles and ledgers")
+        assert await core.controls.press(press("stop")) is None
+        reply = await answer
+        shown.clear()
+
+        async def regenerated(text: str) -> None:
+            shown.append(text)
+
+        again = asyncio.create_task(core.controls.press(press("regenerate"),
+                                                        on_progress=regenerated))
+        await until(lambda: shown and shown[-1] == "Kettles and ledgers")
+        assert await core.controls.press(press("stop")) is None
+        regenerated_reply = await again
+    assert reply is not None
+    assert reply.text == "Kettles and ledgers" + STOPPED_MARK + "\n\nSources: minutes.pdf"
+    assert isinstance(regenerated_reply, Reply)
+    assert regenerated_reply.text == reply.text  # a regenerated summary stops the same way
+    assert (await history.recent(KEY))[-1] == Turn(
+        "assistant", "Bot", "Kettles and ledgers" + STOPPED_MARK)
+    stored = await history.answer(KEY, "m1")
+    assert stored is not None and stored.revision == 2 and stored.meta.finish == "stopped"

@@ -114,7 +114,8 @@ class ConversationCore:
         self.sampling = SamplingParams(max_new_tokens=settings.max_new_tokens,
                                        temperature=settings.temperature, top_p=settings.top_p)
         self.documents = DocumentDesk(worker=worker, history=history, settings=settings,
-                                      sampling=self.sampling, locks=self._locks)
+                                      sampling=self.sampling, locks=self._locks,
+                                      inflight=self.inflight)
         self.controls = Controls(self, Reanswering(self, answerer=self._answerer,
                                                    locks=self._locks, documents=self.documents),
                                  wall=self._wall)

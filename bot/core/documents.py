@@ -9,7 +9,7 @@ after a platform's file URL expires), and decides by token counts how it reaches
   the answer names the file and page or section it drew on;
 * no question (or "summarise this"): a summary, in one call when the document fits, else
   map-reduce over the whole document in order (`summarize.py`), with "reading part 3 of 9"
-  shown as it goes.
+  shown as it goes; Stop stops every part (`inflight.HandleGroup`) and keeps what was shown.
 
 Documents are quoted between ``<document>`` tags, with the system prompt saying that what is
 inside is data, not instructions; a document cannot close its own tag early. Images go to an
@@ -24,7 +24,8 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bot.config import Settings
-from bot.core.answering import finish
+from bot.core.answering import STOPPED_MARK, finish
+from bot.core.inflight import HandleGroup, InFlight, Pending, Stopped
 from bot.core.repetition import loop_start, trim_loop
 from bot.core.summarize import SummaryPrompts, summarize_lines
 from bot.documents.passages import Passage, rank, split_passages
@@ -166,8 +167,9 @@ class DocumentDesk:
 
     def __init__(self, *, worker: GenerationService, history: HistoryStore,
                  settings: Settings, sampling: SamplingParams,
-                 locks: Mapping[ChannelKey, asyncio.Lock]) -> None:
+                 locks: Mapping[ChannelKey, asyncio.Lock], inflight: InFlight) -> None:
         self.worker = worker
+        self.inflight = inflight
         self.history = history
         self.settings = settings
         self.sampling = sampling
@@ -236,28 +238,54 @@ class DocumentDesk:
         `record`, so it gets its controls), return the reply."""
         asked = text or "Summarise this."
         async with self.locks[msg.key], self.history.channel_lock(msg.key):
-            answer = await self.summary_of(reading.documents, on_progress=on_progress)
-            finish.set("done")  # a summary is never cut at a budget of its own to continue
+            answer = await self.stoppable_summary(
+                reading.documents, (msg.key, msg.message_id), msg.author_id,
+                on_progress=on_progress)
             await self.history.add(msg.key, Turn("user", msg.author_name,
                                                  reading.turn_text(asked)),
                                    message_id=msg.message_id)
             await record(answer)
         return reading.finish(answer, [d.name for d in reading.documents])
 
+    async def stoppable_summary(self, documents: Sequence[Document], pending: Pending,
+                                asker: str, *, on_progress: Progress | None,
+                                sampling: SamplingParams | None = None) -> str:
+        """`summary_of`, which the Stop control of the answer to `pending` stops: then the
+        summary as far as it got, marked stopped. Sets `finish` for the stored answer."""
+        with self.inflight.grouped(pending, asker) as group:
+            try:
+                answer = await self.summary_of(documents, on_progress=on_progress,
+                                               sampling=sampling, group=group)
+            except Stopped as stop:
+                finish.set("stopped")
+                return stop.text + STOPPED_MARK if stop.text else STOPPED_MARK.strip()
+        finish.set("done")  # a summary is never cut at a budget of its own to continue
+        return answer
+
     async def summary_of(self, documents: Sequence[Document], *,
                          on_progress: Progress | None = None,
-                         sampling: SamplingParams | None = None) -> str:
+                         sampling: SamplingParams | None = None,
+                         group: HandleGroup | None = None) -> str:
         """One summary per document (named when there are several), in order; `sampling`
-        replaces the summaries' own (a regenerated summary is sampled)."""
+        replaces the summaries' own (a regenerated summary is sampled). Raises `Stopped`
+        with the summaries so far when `group` is stopped."""
         parts = []
         for document in documents:
-            summary = await self._summary(document, on_progress, sampling or self.sampling)
-            parts.append(summary if len(documents) == 1
-                         else f"**{document.name}**\n{summary}")
+            stopped = None
+            try:
+                summary = await self._summary(document, on_progress,
+                                              sampling or self.sampling, group)
+            except Stopped as stop:
+                summary, stopped = stop.text, stop
+            if summary:
+                parts.append(summary if len(documents) == 1
+                             else f"**{document.name}**\n{summary}")
+            if stopped is not None:
+                raise Stopped("\n\n".join(parts)) from stopped
         return "\n\n".join(parts)
 
     async def _summary(self, document: Document, on_progress: Progress | None,
-                       sampling: SamplingParams) -> str:
+                       sampling: SamplingParams, group: HandleGroup | None) -> str:
         counter = self.worker.token_counter
         context_tokens = self.worker.info.context_tokens
         reply = sampling.max_new_tokens
@@ -265,7 +293,7 @@ class DocumentDesk:
         prompt: Prompt = [{"role": "system", "content": WHOLE},
                           {"role": "user", "content": whole}]
         if await asyncio.to_thread(counter.count_prompt, prompt) + reply <= context_tokens:
-            return await self._generate(prompt, on_progress, sampling)
+            return await self._generate(prompt, on_progress, sampling, group)
         name = _attr(document.name)
 
         def frame(body: str, part: int, parts: int) -> str:
@@ -277,10 +305,13 @@ class DocumentDesk:
                 await on_progress(f"_Reading {document.name}: part {part} of {parts}…_")
 
         async def last(prompt: Prompt) -> str:
-            return await self._generate(prompt, on_progress, sampling)
+            return await self._generate(prompt, on_progress, sampling, group)
 
         async def complete(prompt: Prompt) -> str:
-            return await self._generate(prompt, None, sampling)
+            try:
+                return await self._generate(prompt, None, sampling, group)
+            except Stopped:
+                raise Stopped() from None  # a part's summary is not the document's
 
         return await summarize_lines(
             document_lines(document), complete=complete, counter=counter,
@@ -290,9 +321,12 @@ class DocumentDesk:
             concurrency=max(1, min(4, self.settings.max_queue // 4)))
 
     async def _generate(self, prompt: Prompt, on_progress: Progress | None,
-                        sampling: SamplingParams) -> str:
-        """One model call without history; streamed to `on_progress`; a loop is cut off."""
+                        sampling: SamplingParams, group: HandleGroup | None) -> str:
+        """One model call without history; streamed to `on_progress`; a loop is cut off.
+        Raises `Stopped` with the text so far when `group` is stopped."""
         handle = self.worker.submit(GenerationRequest(prompt, sampling))
+        if group is not None:
+            group.add(handle)
         so_far = ""
         async for piece in handle:
             if not piece:
@@ -303,6 +337,8 @@ class DocumentDesk:
                 return trim_loop(so_far).strip()
             if on_progress is not None and so_far.strip():
                 await on_progress(so_far.strip())
+        if group is not None and group.cancelled:
+            raise Stopped(trim_loop(so_far).strip())
         return trim_loop((await handle.result()).text).strip()
 
 

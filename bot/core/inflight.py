@@ -3,12 +3,15 @@
 A message deleted while it waits, or overtaken by a newer message from the same author in
 the same conversation, is dropped instead of answered: the user has moved on. A request
 someone stopped (the Stop control) is cancelled and remembered as stopped, so its answer is
-kept as far as it got instead of being dropped.
+kept as far as it got instead of being dropped. A long document's summary is several
+generations (`HandleGroup`); Stop stops them all.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from bot.engines.handles import GenerationHandle
 from bot.types import ChannelKey, IncomingMessage
@@ -24,6 +27,33 @@ class Stale(Exception):
     """A request that went stale before generation started; it gets no reply."""
 
 
+class Stopped(Exception):
+    """Someone stopped the generations of a `HandleGroup`; `text` is what was shown so far."""
+
+    def __init__(self, text: str = "") -> None:
+        super().__init__("stopped")
+        self.text = text
+
+
+class HandleGroup:
+    """The generations answering one request together (a long document's summary, part by
+    part and some at once): stopping the group stops each of them and any yet to come."""
+
+    def __init__(self) -> None:
+        self._handles: list[GenerationHandle] = []
+        self.cancelled = False
+
+    def add(self, handle: GenerationHandle) -> None:
+        self._handles.append(handle)
+        if self.cancelled:
+            handle.cancel()
+
+    def cancel(self) -> None:
+        self.cancelled = True
+        for handle in self._handles:
+            handle.cancel()
+
+
 class InFlight:
     """The generation handle of each request in progress, and what makes one stale."""
 
@@ -31,6 +61,7 @@ class InFlight:
         self._latest: dict[tuple[ChannelKey, str], str] = {}
         self._deleted: OrderedDict[Pending, None] = OrderedDict()
         self._handles: dict[Pending, GenerationHandle] = {}
+        self._groups: dict[Pending, HandleGroup] = {}
         self._askers: OrderedDict[Pending, str] = OrderedDict()
         self._stopped: set[Pending] = set()
 
@@ -50,11 +81,13 @@ class InFlight:
 
     def stop(self, pending: Pending) -> bool:
         """Stop the request's generation, keeping what it wrote; False if none is running."""
-        handle = self._handles.get(pending)
-        if handle is None or handle.cancelled:
+        running: GenerationHandle | HandleGroup | None = self._handles.get(pending)
+        if running is None:
+            running = self._groups.get(pending)
+        if running is None or running.cancelled:
             return False
         self._stopped.add(pending)
-        handle.cancel()  # the worker stops between tokens; a server sees the stream closed
+        running.cancel()  # the worker stops between tokens; a server sees the stream closed
         return True
 
     def stopped(self, pending: Pending) -> bool:
@@ -86,7 +119,7 @@ class InFlight:
             handle.cancel()  # still queued: the worker skips it (once started, it is answered)
 
     def __contains__(self, pending: Pending) -> bool:
-        return pending in self._handles
+        return pending in self._handles or pending in self._groups
 
     def get(self, pending: Pending) -> GenerationHandle | None:
         return self._handles.get(pending)
@@ -101,3 +134,15 @@ class InFlight:
         self._handles.pop(pending, None)
         self._stopped.discard(pending)
         self._askers.pop(pending, None)
+
+    @contextmanager
+    def grouped(self, pending: Pending, asker: str) -> Iterator[HandleGroup]:
+        """Register the generations made for `pending` inside the block, so Stop reaches
+        them all (the asker, or an admin, may stop them)."""
+        self.asked(*pending, asker)
+        group = self._groups[pending] = HandleGroup()
+        try:
+            yield group
+        finally:
+            del self._groups[pending]
+            self.done(pending)

@@ -110,10 +110,10 @@ class Reanswering:
             if earlier is None:
                 return None
             if summarised and self.documents is not None:
-                text = await self.documents.summary_of(
-                    summarised, on_progress=on_progress, sampling=dataclasses.replace(
+                text = await self.documents.stoppable_summary(
+                    summarised, (key, press.answer_to), stored.meta.asker_id,
+                    on_progress=on_progress, sampling=dataclasses.replace(
                         self.documents.sampling, temperature=sampling.temperature))
-                finish.set("done")
                 sources = [d.name for d in summarised]
             else:
                 prompt = await asyncio.to_thread(self._prompt, system, earlier, question,
