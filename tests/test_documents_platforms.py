@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from bot.config import Settings
+from bot.core.answering import STOPPED_MARK
 from bot.core.conversation import ConversationCore
 from bot.documents.fetch import LinkFetcher
 from bot.documents.guard import AllowList
@@ -20,7 +21,7 @@ from bot.storage.interface import HistoryStore
 from bot.types import ChannelKey
 from tests import document_files as files
 from tests.fakes.backends import EchoBackend
-from tests.fakes.discord_interactions import run_message_command
+from tests.fakes.discord_interactions import press_button, run_message_command
 from tests.fakes.discord_server import FakeDiscord
 from tests.fakes.slack_server import FakeSlack, add_file, send_mention_with_files
 from tests.link_server import LinkServer, link_server
@@ -32,7 +33,8 @@ from tests.test_discord_adapter import (
     make_core,
     serving,
 )
-from tests.test_discord_controls import acked
+from tests.test_discord_controls import acked, answer_message, labels
+from tests.test_documents_core import HeldReduceBackend
 from tests.test_slack_adapter import ALICE, CHANNEL, core_with, final, running
 
 
@@ -122,6 +124,26 @@ async def test_discord_reply_to_a_message_with_a_pdf_summarises_it(
         text = await discord_reply(discord, "Sources:")
     assert text.endswith("Sources: report.pdf")
     assert len(discord.attachment_fetches) == 1  # read for the mention, not when posted
+
+
+async def test_discord_stop_while_a_long_pdf_is_read_stops_the_summary(
+        discord: FakeDiscord, settings: Settings, history: HistoryStore,
+        intake: Intake) -> None:
+    backend = HeldReduceBackend(hold_parts=True)
+    async with make_core(backend, settings, history) as core, \
+            discord_bot(discord, core, settings, intake):
+        question = await discord.send_user_message(
+            channel(discord), alice(discord), f"{discord.bot_user.mention} summarise this",
+            attachments=[("minutes.pdf", files.long_pdf(pages=6))])
+        reading = await answer_message(
+            discord, question, lambda m: m["content"].startswith("_Reading minutes.pdf: part 1"))
+        assert labels(reading) == ["Stop"]
+        await acked(await press_button(discord, reading, "Stop"))
+        final = await answer_message(discord, question,
+                                     lambda m: m["content"].endswith("Sources: minutes.pdf"))
+    assert final["content"] == STOPPED_MARK.strip() + "\n\nSources: minutes.pdf"
+    assert labels(final) == ["Regenerate", "👍", "👎"]
+    assert backend.calls == 1  # the other parts were never read
 
 
 async def test_discord_explain_reads_the_files_of_the_message_it_is_used_on(
