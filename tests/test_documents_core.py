@@ -296,7 +296,9 @@ async def test_stop_while_a_long_document_is_read_stops_every_part_and_stores_it
         assert await core.controls.press(stranger) == ONLY_ASKER
         assert await core.controls.press(press("stop")) is None
         reply = await answer
+        await asyncio.sleep(0.05)  # time for any part left running to show itself
         assert backend.calls == 1  # the parts after the first were never asked for
+        assert [s for s in shown if s.startswith("_Reading")] == shown[:1]
         assert await core.controls.press(press("stop")) \
             == NOT_RUNNING
         backend.hold_parts = False

@@ -143,7 +143,7 @@ async def test_discord_stop_while_a_long_pdf_is_read_stops_the_summary(
                                      lambda m: m["content"].endswith("Sources: minutes.pdf"))
     assert final["content"] == STOPPED_MARK.strip() + "\n\nSources: minutes.pdf"
     assert labels(final) == ["Regenerate", "👍", "👎"]
-    assert backend.calls == 1  # the other parts were never read
+    assert backend.calls <= 1  # stopped before or while part 1 was read: no other part was
 
 
 async def test_discord_explain_reads_the_files_of_the_message_it_is_used_on(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from bot.core.summarize import MAP_INSTRUCTIONS, REDUCE_INSTRUCTIONS, summarize_lines
@@ -51,3 +53,22 @@ async def test_nothing_to_summarise_is_an_error() -> None:
     with pytest.raises(ValueError):
         await summarize_lines([], complete=RecordingModel().complete, counter=WordCounter(),
                               context_tokens=512, reply_tokens=64)
+
+
+async def test_a_failed_part_ends_the_summary_and_the_parts_still_waiting_never_run() -> None:
+    model = RecordingModel()
+
+    async def failing(prompt: Prompt) -> str:
+        await model.complete(prompt)
+        if len(model.prompts) == 1:
+            raise RuntimeError("the model server went away")
+        await asyncio.sleep(0)
+        return "summary"
+
+    lines = [f"user{i}: " + "word " * 30 for i in range(200)]
+    with pytest.raises(RuntimeError):
+        await summarize_lines(lines, complete=failing, counter=WordCounter(),
+                              context_tokens=512, reply_tokens=64, concurrency=2)
+    for _ in range(20):
+        await asyncio.sleep(0)  # whatever was left running would go on now
+    assert len(model.prompts) <= 3  # the first failed; at most the two beside it started

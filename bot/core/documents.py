@@ -301,7 +301,7 @@ class DocumentDesk:
                     f"\n\n{MAP_ASK}")
 
         async def part_started(part: int, parts: int) -> None:
-            if on_progress is not None:
+            if on_progress is not None and not (group is not None and group.cancelled):
                 await on_progress(f"_Reading {document.name}: part {part} of {parts}…_")
 
         async def last(prompt: Prompt) -> str:

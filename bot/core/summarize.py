@@ -9,8 +9,9 @@ instructions and how a chunk is framed (`SummaryPrompts`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from bot.core.prompting import chunk_lines, fit_text
 from bot.engines.contract import TokenCounter
@@ -88,7 +89,7 @@ async def summarize_lines(lines: list[str], *, complete: Complete, counter: Toke
                 await on_part(index + 1, len(chunks))
             return await run(_prompt(prompts.map, body))
 
-    summaries = list(await asyncio.gather(*(first_pass(i, c) for i, c in enumerate(chunks))))
+    summaries = await _all_or_none([first_pass(i, c) for i, c in enumerate(chunks)])
     room = await asyncio.to_thread(_room, counter, f"{prompts.reduce} {prompts.reduce_ask}",
                                    context_tokens, reply_tokens)
     while len(summaries) > 1:
@@ -102,6 +103,18 @@ async def summarize_lines(lines: list[str], *, complete: Complete, counter: Toke
         summaries = [await run(_prompt(prompts.reduce, "\n\n".join(group) + ask))
                      for group in groups]
     return summaries[0]
+
+
+async def _all_or_none(calls: Sequence[Coroutine[Any, Any, str]]) -> list[str]:
+    """The calls' results in order; when one fails (or is stopped), the others are
+    cancelled, so none goes on after the summary has ended (showing "part 4 of 6" over
+    the final reply, say)."""
+    tasks = [asyncio.ensure_future(call) for call in calls]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            task.cancel()
 
 
 def _room(counter: TokenCounter, instructions: str, context_tokens: int,
