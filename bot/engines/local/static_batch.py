@@ -98,9 +98,9 @@ class StaticDecodeBatch:
                 raise ValueError("the prompt renders to no tokens")
             rows.append((Row(seq_id, request, fed=[], generated=[]), ids))
         rows.sort(key=lambda pair: len(pair[1]))  # quick ones first
-        # Room for all of them at once: growing slot by slot would copy the cache at every
-        # step and hold the old and new copies together (a 200 MiB peak for 8 prompts).
-        self._make_room(len(self) + len(rows), len(rows[-1][1]) + 1)
+        if rows:  # room for all at once: growing 1, 2, 4, 8 slots copies the cache each
+            # time, the old and new copies held together (8 short prompts: 50 MiB more)
+            self._make_room(len(self) + len(rows), len(rows[-1][1]) + 1)
         for row, ids in rows:
             self._prefill(row, ids)
             ready(row.seq_id, output(row, self.tokenizer, self._endings))
