@@ -13,8 +13,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from bot.engines.contract import GenerationRequest, SamplingParams, StepOutput
-from bot.engines.local.backend import HFBackend
 from bot.engines.local.batch import HFDecodeBatch
+from bot.engines.local.hf_backend import HFBackend
 from bot.engines.worker import Completion, ModelWorker
 from bot.errors import BusyError, GenerationError
 from tests.fakes.backends import EchoBatchBackend

@@ -51,7 +51,7 @@ async def test_a_model_without_chat_template_gets_a_transcript(
 
 async def test_transcript_prompt_shape(tiny_base_model_dir: Path, settings: Settings) -> None:
     backend = hf_backend_factory(settings, resolve_model(str(tiny_base_model_dir)))()
-    from bot.engines.local.backend import HFBackend
+    from bot.engines.local.hf_backend import HFBackend
 
     assert isinstance(backend, HFBackend)
     assert not backend.renderer.uses_template

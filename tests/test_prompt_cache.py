@@ -14,8 +14,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from bot.config import Settings
 from bot.core.conversation import ConversationCore
 from bot.engines.contract import GenerationRequest, SamplingParams, StepOutput
-from bot.engines.local.backend import HFBackend
 from bot.engines.local.batch import HFDecodeBatch
+from bot.engines.local.hf_backend import HFBackend
 from bot.engines.local.prompt_cache import CachedPrompt, PromptCache, common_prefix
 from bot.engines.worker import ModelWorker
 from bot.storage.sqlite import SQLiteHistoryStore

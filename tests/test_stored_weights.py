@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,3 +104,21 @@ def test_a_folder_model_never_stores_weights(tiny_model_dir: Path, tmp_path: Pat
                            context_tokens=512, quantize="int4")
     backend.close()
     assert not list(tmp_path.rglob("weights.safetensors"))
+
+
+def test_a_warm_start_never_imports_transformers_modeling_code(
+        gguf_source: ModelSource, tmp_path: Path) -> None:
+    start(gguf_source, tmp_path / "models").close()  # the first start stores the weights
+    script = (
+        "import sys\n"
+        "from bot.engines.local.model_source import ModelSource\n"
+        "from tests.test_stored_weights import start\n"
+        f"backend = start(ModelSource('gguf', {gguf_source.location!r}, 'tiny'), "
+        f"__import__('pathlib').Path({str(tmp_path / 'models')!r}))\n"
+        "print(backend.info.dtype)\n"
+        "print(sorted(m for m in ('transformers.modeling_utils', 'sympy',"
+        " 'transformers.models.auto.modeling_auto') if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.splitlines()[-2:] == ["int4 weights", "[]"]

@@ -145,7 +145,7 @@ async def serve(args: argparse.Namespace, settings: Settings,
     import torch
 
     from bot.bench import scenarios
-    from bot.engines.local.backend import HFBackend
+    from bot.engines.local.hf_backend import HFBackend
     from bot.engines.local.model_cache import load_pretrained
     from bot.engines.local.model_source import resolve_model
     from bot.engines.local.rendering import HFTokenCounter, PromptRenderer

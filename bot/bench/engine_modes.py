@@ -73,7 +73,7 @@ async def measure(variant: str, model_setting: str, cache_dir: Path, long_tokens
 
     from bot.bench.scenarios import QUESTIONS, STORY
     from bot.engines.contract import GenerationRequest, SamplingParams
-    from bot.engines.local.backend import HFBackend
+    from bot.engines.local.hf_backend import HFBackend
     from bot.engines.local.model_cache import kernel_cache_file, load_pretrained
     from bot.engines.local.model_source import resolve_model
     from bot.engines.local.quality import is_degenerate, mean_log_likelihood

@@ -1,7 +1,7 @@
 """The contract between the model worker and whatever actually generates text.
 
 A `Backend` is built on the worker thread and only ever called from it, so it may hold a
-model that is not thread-safe. `HFBackend` (in `bot.engines.local.backend`) runs a
+model that is not thread-safe. `HFBackend` (in `bot.engines.local.hf_backend`) runs a
 transformers model in-process; another in-process backend would implement the same three
 methods, and the core would not notice. A backend that can also decode many requests at once offers
 `open_batch()` (`BatchingBackend`); the worker then batches continuously.

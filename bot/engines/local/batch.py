@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedTokenizerBase
 from transformers.cache_utils import DynamicLayer
 
 from bot.engines.contract import GenerationRequest, StepOutput
@@ -25,6 +25,8 @@ from bot.engines.local.prompt_cache import CachedPrompt, PromptCache
 from bot.engines.local.sampling import next_tokens
 
 if TYPE_CHECKING:
+    from transformers import PreTrainedModel
+
     from bot.engines.local.rendering import PromptRenderer
 
 PADDING_SLACK = 1.25

@@ -8,11 +8,14 @@ only when the room runs out.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 KV = tuple[torch.Tensor, torch.Tensor]
 ROOM = 64

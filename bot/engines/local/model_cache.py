@@ -14,15 +14,18 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 from transformers import __version__ as transformers_version
 from transformers.tokenization_utils_base import PreTrainedTokenizerBase
 
 from bot.engines.local.kernel_choice import cache_name
 from bot.engines.local.model_source import ModelSource
 from bot.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 _COMPLETE = ".complete"
@@ -83,6 +86,11 @@ def load_pretrained(source: ModelSource, *, dtype: torch.dtype,
 
 def _load_folder(location: str, dtype: torch.dtype,
                  ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    from transformers import (  # the model registry and modeling code: ~85 MiB, when needed
+        AutoModelForCausalLM,
+        AutoTokenizer,
+    )
+
     tokenizer = AutoTokenizer.from_pretrained(location)
     model = AutoModelForCausalLM.from_pretrained(location, dtype=dtype)
     return model, tokenizer
@@ -93,6 +101,8 @@ def _convert_gguf(source: ModelSource, folder: Path) -> None:
     gguf = Path(source.location)
     print(f"First start: converting {gguf.name} to safetensors (about 15-30 s, once; "
           f"later starts load the cache in {folder.parent}).", file=sys.stderr, flush=True)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     started = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,

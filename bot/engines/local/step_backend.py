@@ -12,16 +12,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import (
-    AutoConfig,
-    AutoTokenizer,
-    GenerationConfig,
-    PreTrainedModel,
-    PreTrainedTokenizerBase,
-)
+from transformers import PreTrainedTokenizerBase
 
 from bot.engines.contract import GenerationRequest, ModelInfo
 from bot.engines.local import llama_weights, stored_weights
@@ -32,8 +26,12 @@ from bot.engines.local.llama_step import empty_cache, forward
 from bot.engines.local.llama_weights import LlamaShape, Weights
 from bot.engines.local.prompt_cache import PromptCache
 from bot.engines.local.rendering import HFTokenCounter, PromptRenderer
+from bot.engines.local.saved_folder import config_of, generation_config_of, tokenizer_of
 from bot.engines.local.static_batch import StaticDecodeBatch, slot_count
 from bot.engines.local.step_compiler import START_DELAY, CompiledSteps, folder_for
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel  # its modeling code: a warm start never needs it
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +140,7 @@ def stored_step_backend(location: str, *, kind: str, name: str, bot_name: str,
     """The warm start: a `StepBackend` from the weights an earlier `step_backend` stored
     under `steps_root` for the model in `location` (a folder), without loading the model
     itself; None when there are none."""
-    config = AutoConfig.from_pretrained(location)
+    config = config_of(location)
     if llama_weights.unsupported(config) is not None:  # then nothing was stored
         return None
     path = stored_weights.path_for(steps_root, llama_weights.shape_of(config), kind)
@@ -153,11 +151,8 @@ def stored_step_backend(location: str, *, kind: str, name: str, bot_name: str,
     if weights is None:
         return None
     log.info("the step's weights loaded from %s", path)
-    try:
-        generation = GenerationConfig.from_pretrained(location)
-    except OSError:  # no generation_config.json: what transformers derives from the config
-        generation = GenerationConfig.from_model_config(config)
-    return _serve(weights, AutoTokenizer.from_pretrained(location), config, generation,
+    return _serve(weights, tokenizer_of(location), config,
+                  generation_config_of(location, config),
                   name=name, bot_name=bot_name, context_tokens=context_tokens,
                   prompt_cache_mb=prompt_cache_mb, steps_root=steps_root,
                   compile_delay=compile_delay, compiled_slots=compiled_slots)
