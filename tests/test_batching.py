@@ -438,6 +438,10 @@ def test_sampling_respects_temperature_top_k_and_top_p() -> None:
     assert all(next_tokens(logits, [wide, wide], top_k=1) == [1, 0] for _ in range(20))
     seen = {tuple(next_tokens(logits, [wide, wide], top_k=2)) for _ in range(200)}
     assert seen <= {(1, 0), (2, 0), (1, 3), (2, 3)} and len(seen) == 4
+    # Rows drawn together keep their own settings: narrow, greedy and wide in one call.
+    three = torch.cat([logits, logits[:1]])
+    mixed = {tuple(next_tokens(three, [narrow, greedy, wide], top_k=2)) for _ in range(200)}
+    assert mixed == {(1, 0, 1), (1, 0, 2)}
 
 
 def test_repetition_penalty_scales_scores_of_seen_tokens_only() -> None:
@@ -456,3 +460,8 @@ def test_repetition_penalty_scales_scores_of_seen_tokens_only() -> None:
     assert asked == [1]  # rows without a penalty are never looked at
     assert logits[1].tolist() == [4.0, 3.5, -1.0, -1.25]  # the caller's logits are kept
     assert next_tokens(torch.tensor([[-1.0, -1.2]]), [on], seen=lambda row: [0]) == [1]
+    # Each row by its own penalty and its own tokens (repeats count once).
+    mild = SamplingParams(temperature=0.0, repetition_penalty=1.2)
+    strong = SamplingParams(temperature=0.0, repetition_penalty=2.0)
+    both = torch.tensor([[4.0, 3.0], [4.0, 3.0]])
+    assert next_tokens(both, [mild, strong], seen=lambda row: [0, 0]) == [0, 1]

@@ -9,6 +9,7 @@ does; rows without one are untouched, so their greedy text stays that of `model.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -25,38 +26,59 @@ def next_tokens(logits: torch.Tensor, params: Sequence[SamplingParams], *,
 
     `seen(row)` gives the token ids a row's repetition penalty applies to (its sequence so
     far, prompt included, as in transformers); it is called only for rows with a penalty.
+    The rows are done together (a few tensor operations a step, not a few per row: at 8
+    rows that was 2 ms of a 34 ms step).
     """
     penalised = [row for row, sampling in enumerate(params) if sampling.repetition_penalty != 1]
     if penalised and seen is not None:
         logits = logits.clone()
-        for row in penalised:
-            penalise(logits[row], seen(row), params[row].repetition_penalty)
+        penalise_rows(logits, [(row, seen(row), params[row].repetition_penalty)
+                               for row in penalised])
     chosen: list[int] = logits.argmax(dim=-1).tolist()
-    for row, sampling in enumerate(params):
-        if sampling.temperature > 0:
-            chosen[row] = _draw(logits[row], sampling, top_k)
+    sampled = [row for row, sampling in enumerate(params) if sampling.temperature > 0]
+    if sampled:
+        drawn = _draw(logits[sampled], [params[row] for row in sampled], top_k)
+        for row, token in zip(sampled, drawn, strict=True):
+            chosen[row] = token
     return chosen
 
 
-def penalise(scores: torch.Tensor, ids: Sequence[int], penalty: float) -> None:
-    """Scale down, in place, the scores (``[vocab]``) of the tokens in `ids`."""
-    if not ids:
+def penalise_rows(scores: torch.Tensor,
+                  rows: Sequence[tuple[int, Sequence[int], float]]) -> None:
+    """For each ``(row, ids, penalty)``, scale down in place the scores of ``scores[row]``
+    (``[rows, vocab]``) at the tokens in `ids`."""
+    row_index: list[int] = []
+    token_index: list[int] = []
+    penalties: list[float] = []
+    for row, ids, penalty in rows:
+        unique = set(ids)
+        row_index += [row] * len(unique)
+        token_index += unique
+        penalties += [penalty] * len(unique)
+    if not token_index:
         return
-    index = torch.tensor(sorted(set(ids)), device=scores.device)
-    picked = scores[index]
-    scores[index] = torch.where(picked < 0, picked * penalty, picked / penalty)
+    at = (torch.tensor(row_index, device=scores.device),
+          torch.tensor(token_index, device=scores.device))
+    picked = scores[at]
+    by = torch.tensor(penalties, dtype=scores.dtype, device=scores.device)
+    scores[at] = torch.where(picked < 0, picked * by, picked / by)
 
 
-def _draw(scores: torch.Tensor, sampling: SamplingParams, top_k: int) -> int:
-    scores = scores.float() / sampling.temperature
+def _draw(scores: torch.Tensor, params: Sequence[SamplingParams], top_k: int) -> list[int]:
+    """A token for each row of `scores` (``[rows, vocab]``) by its own temperature and top-p."""
+    temperatures = torch.tensor([p.temperature for p in params], device=scores.device)
+    scores = scores.float() / temperatures[:, None]
     if 0 < top_k < scores.shape[-1]:
-        values, ids = torch.topk(scores, top_k)
+        values, ids = torch.topk(scores, top_k, dim=-1)
     else:
-        values, ids = torch.sort(scores, descending=True)
+        values, ids = torch.sort(scores, dim=-1, descending=True)
     probs = torch.softmax(values, dim=-1)
-    if sampling.top_p < 1.0:
+    if any(p.top_p < 1.0 for p in params):
+        # A row with top_p 1 keeps every token (its rounding never drops one).
+        top_p = torch.tensor([p.top_p if p.top_p < 1.0 else math.inf for p in params],
+                             device=scores.device)
         mass_before = torch.cumsum(probs, dim=-1) - probs
         # The most likely token has no mass before it, so at least one always stays.
-        probs = probs.masked_fill(mass_before >= sampling.top_p, 0.0)
-    pick = torch.multinomial(probs, 1)
-    return int(ids[pick].item())
+        probs = probs.masked_fill(mass_before >= top_p[:, None], 0.0)
+    picks = torch.multinomial(probs, 1)
+    return [int(token) for token in ids.gather(-1, picks).squeeze(-1).tolist()]
