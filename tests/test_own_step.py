@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
 from bot.engines.contract import GenerationRequest, SamplingParams, StepOutput
-from bot.engines.local import int4
+from bot.engines.local import int4, static_batch
 from bot.engines.local.backend import load_backend
 from bot.engines.local.cpu_linear import convert_linears
 from bot.engines.local.kernel_choice import KernelChoice
@@ -161,6 +162,29 @@ def test_rows_joining_together_get_their_cache_in_one_allocation(
     admit(batch, list(enumerate(chat(text, 4) for text in PROMPTS[:5])))
     assert len(sizes) == 1
     assert sizes[0][0] == 8 and batch._keys.shape[1] == 8
+
+
+def test_a_prompt_in_chunks_attends_only_to_the_columns_it_holds(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each chunk of a prompt sees the columns before it, not the empty rest of the cache
+    (attending to those was a quarter of a long prompt's time), and answers the same."""
+    backend = own(tiny_model_dir)
+    model = load(tiny_model_dir)
+    request = chat(PROMPTS[0], 8)
+    expected = reference(model, backend, request)
+    seen: list[int] = []
+    real_forward = static_batch.forward
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        seen.append(args[5].shape[3])  # the cache's columns this chunk attends to
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(static_batch, "PREFILL_CHUNK", 4)
+    monkeypatch.setattr(static_batch, "forward", recording)
+    (got,) = run_all(backend.open_batch(), [request])
+    prompt = len(backend.renderer.encode(request.prompt))
+    assert seen == list(range(0, prompt, 4))
+    assert got == expected
 
 
 def test_a_follow_up_reuses_its_conversation_and_answers_the_same(

@@ -119,10 +119,14 @@ class StaticDecodeBatch:
             logits = None
             for start in range(reuse, len(ids), PREFILL_CHUNK):
                 chunk = ids[start:start + PREFILL_CHUNK]
+                # Only the columns the row holds: attending to the empty rest of the cache
+                # too made a 700-token prompt take 2.0 s instead of 1.7, 3,100 tokens 25 s
+                # instead of 15.
                 logits, new_keys, new_values = forward(
                     self.weights.shape, self.weights.kind, self.weights.flat,
                     torch.tensor([chunk]), torch.tensor([start]),
-                    self._keys[:, row.slot:row.slot + 1], self._values[:, row.slot:row.slot + 1])
+                    self._keys[:, row.slot:row.slot + 1, :, :start],
+                    self._values[:, row.slot:row.slot + 1, :, :start])
                 self._keys[:, row.slot, :, start:start + len(chunk)] = new_keys[:, 0]
                 self._values[:, row.slot, :, start:start + len(chunk)] = new_values[:, 0]
             assert logits is not None
